@@ -1,0 +1,300 @@
+"""The training loop: memorize a memory set into a LoRA adapter with SFT or MemFT.
+
+One readable loop: AdamW, gradient clipping, a fixed seed, a per-step log, early stop when
+the run is certified (every target token p > τ, so greedy recall is guaranteed), and a guard
+against non-finite losses that keeps the last good adapter.
+
+>>> from memlaw.models import load_model
+>>> from memlaw.data import generate_phonebook, encode_items
+>>> from memlaw.adapters import LoraSpec
+>>> model, tokenizer = load_model("tiny")
+>>> items = encode_items(generate_phonebook(2), tokenizer)
+>>> run = train(model, tokenizer, items, LoraSpec(rank=4), TrainConfig(method="sft", steps=3))
+>>> len(run.log), run.stop_reason
+(3, 'budget')
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from memlaw import objectives as O
+from memlaw.adapters import LoraSpec, attach_lora, trainable_parameters
+from memlaw.data import EncodedItem, collate, target_length
+from memlaw.errors import MemlawError
+from memlaw.io import atomic_write_dir, atomic_write_json
+from memlaw.probe import ProbeReport, mean_target_loss, probe, teacher_forced
+
+METHODS = ("sft", "memft-ot", "memft-sw", "memft-sw-window", "memft-sw-curriculum")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How to train. ``steps`` counts optimizer steps (skipped MemFT updates included);
+    ``epochs``, when given, sets ``steps = epochs × batches per epoch`` instead.
+    ``batch_size`` 0 means the full memory set in every step."""
+
+    method: str = "sft"
+    lr: float = 1e-2
+    steps: int = 200
+    epochs: int | None = None
+    batch_size: int = 0
+    grad_clip: float = 1.0
+    weight_decay: float = 0.0
+    seed: int = 0
+    tau: float = O.DEFAULT_TAU
+    stop_when_certified: bool = True
+    fallback: str = "skip"  # MemFT-OT with no token below the boundary: skip | mean
+    position_decay: float | None = None  # MemFT-OT position weighting λ (e.g. 2.0)
+    curriculum_boundaries: tuple[int, ...] | None = None  # epochs; default: equal fifths
+
+    def validate(self) -> None:
+        if self.method not in METHODS:
+            raise MemlawError(f"unknown method '{self.method}': use one of {', '.join(METHODS)}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise MemlawError(f"learning rate must be a positive number, got {self.lr}")
+        if self.steps <= 0 and not self.epochs:
+            raise MemlawError(f"steps must be positive, got {self.steps}")
+        if self.epochs is not None and self.epochs <= 0:
+            raise MemlawError(f"epochs must be positive, got {self.epochs}")
+        if self.batch_size < 0:
+            raise MemlawError(f"batch size must be 0 (full batch) or positive, got {self.batch_size}")
+        if not 0.0 < self.tau < 1.0:
+            raise MemlawError(f"tau must be within (0, 1), got {self.tau}")
+        if self.fallback not in ("skip", "mean"):
+            raise MemlawError(f"fallback must be skip or mean, got '{self.fallback}'")
+
+
+@dataclass
+class StepLog:
+    """One optimizer step, measured on the forward pass before the update."""
+
+    step: int
+    loss: float  # plain mean cross-entropy of the batch's target tokens (SFT's loss)
+    objective: float  # the loss actually back-propagated
+    active_tokens: int  # supervised tokens below the boundary (p < tau)
+    above_share: float  # share of supervised tokens already above it: budget spent on them by SFT
+    certified_items: int  # items of the batch whose every target token has p > tau
+    skipped: bool  # no update: MemFT had nothing below the boundary
+    grad_norm: float | None
+    seconds: float
+
+
+@dataclass
+class TrainResult:
+    """A finished run: its adapter-wrapped model, log, probe and record."""
+
+    model: object
+    log: list[StepLog]
+    stop_reason: str  # budget | certified | non-finite loss
+    steps: int
+    base_loss: float
+    train_seconds: float
+    n_eff: int
+    trainable_params: int
+    report: ProbeReport | None = None
+    config: dict = field(default_factory=dict)
+
+    def record(self) -> dict:
+        """The JSON record of the run."""
+        summary = self.report.summary() if self.report else {}
+        return {
+            "config": self.config,
+            "length": summary.get("length"),
+            "base_loss": self.base_loss,
+            "final_loss": summary.get("final_loss"),
+            "delta_loss": summary.get("delta_loss"),
+            "steps": self.steps,
+            "stop_reason": self.stop_reason,
+            "train_seconds": self.train_seconds,
+            "n_eff": self.n_eff,
+            "trainable_params": self.trainable_params,
+            "exact_match": summary.get("exact_match"),
+            "certified_share": summary.get("certified_share"),
+            "token_certified_share": summary.get("token_certified_share"),
+            "stubborn_tokens": summary.get("stubborn_tokens"),
+            "log": [asdict(entry) for entry in self.log],
+        }
+
+
+def resolve_method(method: str, encoded: list[EncodedItem]) -> str:
+    """``memft-sw`` means the sliding window on one sequence and the curriculum on many items."""
+    if method == "memft-sw":
+        return "memft-sw-window" if len(encoded) == 1 else "memft-sw-curriculum"
+    return method
+
+
+def train(
+    model,
+    tokenizer,
+    encoded: list[EncodedItem],
+    lora: LoraSpec,
+    config: TrainConfig,
+    *,
+    on_step: Callable[[StepLog, int], None] | None = None,
+    final_probe: bool = True,
+) -> TrainResult:
+    """Train a LoRA adapter on ``encoded`` and return the run (the model now carries it)."""
+    config.validate()
+    method = resolve_method(config.method, encoded)
+    pad = tokenizer.pad_token_id
+    device = next(model.parameters()).device
+    threshold = O.loss_threshold(config.tau)
+    full_batch = config.batch_size <= 0 or config.batch_size >= len(encoded)
+    batch_size = len(encoded) if full_batch else config.batch_size
+    batches_per_epoch = math.ceil(len(encoded) / batch_size)
+    total_steps = config.epochs * batches_per_epoch if config.epochs else config.steps
+    total_epochs = math.ceil(total_steps / batches_per_epoch)
+    boundaries = config.curriculum_boundaries or tuple(
+        round(total_epochs * k / 5) for k in range(1, 5)
+    )
+
+    base_loss = mean_target_loss(teacher_forced(model, encoded, pad))
+    torch.manual_seed(config.seed)
+    order_rng = random.Random(config.seed)
+    model = attach_lora(model, lora, seed=config.seed)
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    window_state = O.SlidingWindowState.initial(len(encoded))
+    curriculum_order = order_rng.sample(range(len(encoded)), len(encoded))
+    certified_now = [False] * len(encoded)  # per item, from its latest forward pass
+    last_good = _snapshot(params)
+    log: list[StepLog] = []
+    stop_reason = "budget"
+    started = time.perf_counter()
+
+    epoch_batches: list[list[int]] = []
+    for step in range(total_steps):
+        epoch = step // batches_per_epoch
+        if step % batches_per_epoch == 0:
+            pool = list(range(len(encoded)))
+            if method == "memft-sw-curriculum":
+                pool = O.curriculum_items(curriculum_order, epoch, boundaries)
+            if not full_batch:
+                order_rng.shuffle(pool)
+            epoch_batches = [pool[i : i + batch_size] for i in range(0, len(pool), batch_size)]
+        if step % batches_per_epoch >= len(epoch_batches):
+            continue  # a shorter curriculum epoch: nothing left in it
+        rows = epoch_batches[step % batches_per_epoch]
+        tick = time.perf_counter()
+
+        batch = {k: v.to(device) for k, v in collate([encoded[i] for i in rows], pad).items()}
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        nll, mask = O.token_nll(logits, batch["labels"])
+        plain = O.sft_loss(nll, mask)
+        if not torch.isfinite(plain):
+            _restore(params, last_good)
+            stop_reason = "non-finite loss"
+            break
+        last_good = _snapshot(params)
+
+        above = mask & (nll.detach() < threshold)
+        item_certified = (above | ~mask).all(dim=1).tolist()
+        for row, ok in zip(rows, item_certified):
+            certified_now[row] = ok
+        if config.stop_when_certified and all(certified_now) and _confirm_certified(
+            model, encoded, pad, threshold, full_batch and len(rows) == len(encoded)
+        ):
+            stop_reason = "certified"
+            break
+
+        if method == "sft":
+            objective = plain
+        elif method == "memft-ot" or method == "memft-sw-curriculum":
+            objective = O.memft_ot_loss(
+                nll, mask, tau=config.tau, fallback=config.fallback, position_decay=config.position_decay
+            )
+        else:  # memft-sw-window
+            wrong = logits[:, :-1].argmax(-1) != batch["labels"][:, 1:]
+            row_index = torch.tensor(rows)
+            objective, part = O.memft_sw_loss(nll, mask, wrong, window_state.select(row_index), tau=config.tau)
+            window_state = window_state.update(row_index, part)
+        active = int((mask & (nll.detach() > threshold)).sum())
+        skipped = method in ("memft-ot", "memft-sw-curriculum") and active == 0 and config.fallback == "skip"
+
+        grad_norm = None
+        if not skipped:
+            optimizer.zero_grad(set_to_none=True)
+            objective.backward()
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, config.grad_clip))
+            optimizer.step()
+        entry = StepLog(
+            step=step + 1,
+            loss=float(plain.detach()),
+            objective=float(objective.detach()),
+            active_tokens=active,
+            above_share=float(above.sum()) / max(int(mask.sum()), 1),
+            certified_items=sum(item_certified),
+            skipped=skipped,
+            grad_norm=grad_norm,
+            seconds=time.perf_counter() - tick,
+        )
+        log.append(entry)
+        if on_step is not None:
+            on_step(entry, total_steps)
+
+    train_seconds = time.perf_counter() - started
+    model.eval()
+    result = TrainResult(
+        model=model,
+        log=log,
+        stop_reason=stop_reason,
+        steps=len(log),
+        base_loss=base_loss,
+        train_seconds=train_seconds,
+        n_eff=lora.n_eff(model.get_base_model()),
+        trainable_params=trainable_parameters(model),
+        config={
+            **asdict(config),
+            "method": method,
+            "lora": asdict(lora) | {"layers": list(lora.resolved_layers(model.get_base_model()))},
+            "length": target_length(encoded),
+            "items": len(encoded),
+        },
+    )
+    if final_probe:
+        result.report = probe(model, tokenizer, encoded, tau=config.tau, base_loss=base_loss)
+    return result
+
+
+def _snapshot(params: list[torch.Tensor]) -> list[torch.Tensor]:
+    return [p.detach().clone() for p in params]
+
+
+@torch.no_grad()
+def _restore(params: list[torch.Tensor], saved: list[torch.Tensor]) -> None:
+    for p, s in zip(params, saved):
+        p.copy_(s)
+
+
+def _confirm_certified(model, encoded, pad, threshold: float, seen_whole_set: bool) -> bool:
+    """All items looked certified in their latest forward; confirm with the current weights
+    unless that forward covered the whole set with these very weights."""
+    if seen_whole_set:
+        return True
+    return all(all(x < threshold for x in s.nll) for s in teacher_forced(model, encoded, pad))
+
+
+def save_run(result: TrainResult, out_dir: str | Path, *, overwrite: bool = False, extra: dict | None = None) -> Path:
+    """Write the PEFT adapter (safetensors) and ``record.json`` into ``out_dir`` atomically."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not overwrite:
+        raise MemlawError(f"output folder '{out_dir}' already exists: pick another or pass --overwrite")
+    record = result.record() | (extra or {})
+
+    def fill(staging: Path) -> None:
+        result.model.save_pretrained(staging, safe_serialization=True)
+        atomic_write_json(staging / "record.json", record)
+        if result.report is not None:
+            atomic_write_json(staging / "probe.json", result.report.to_dict())
+
+    atomic_write_dir(out_dir, fill, overwrite=overwrite)
+    return out_dir
