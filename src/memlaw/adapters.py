@@ -45,7 +45,9 @@ class LoraSpec:
             return (default_layer(count),)
         for index in self.layers:
             if not 0 <= index < count:
-                raise MemlawError(f"layer index {index} is out of range: the model has layers 0..{count - 1}")
+                raise MemlawError(
+                    f"layer index {index} is out of range: the model has layers 0..{count - 1}"
+                )
         return tuple(sorted(set(self.layers)))
 
     def n_eff(self, model: nn.Module) -> int:
@@ -137,4 +139,6 @@ def load_adapter(model: nn.Module, adapter_dir: str, *, trainable: bool = False)
     try:
         return PeftModel.from_pretrained(model, folder, is_trainable=trainable)
     except (OSError, ValueError, RuntimeError, KeyError) as exc:
-        raise MemlawError(f"cannot load adapter '{adapter_dir}': {str(exc).splitlines()[0]}") from None
+        raise MemlawError(
+            f"cannot load adapter '{adapter_dir}': {str(exc).splitlines()[0]}"
+        ) from None

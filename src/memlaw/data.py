@@ -99,8 +99,12 @@ def _parse_jsonl(text: str, path: Path) -> list[MemoryItem]:
         except json.JSONDecodeError as exc:
             raise MemlawError(f"{path}:{number}: malformed JSON ({exc.msg})") from None
         if not isinstance(record, dict):
-            raise MemlawError(f"{path}:{number}: expected a JSON object, got {type(record).__name__}")
-        fields = next((f for f in JSONL_FORMATS.values() if f[0] in record and f[1] in record), None)
+            raise MemlawError(
+                f"{path}:{number}: expected a JSON object, got {type(record).__name__}"
+            )
+        fields = next(
+            (f for f in JSONL_FORMATS.values() if f[0] in record and f[1] in record), None
+        )
         if fields is None:
             expected = " or ".join(f"{p}/{t}" for p, t in JSONL_FORMATS.values())
             raise MemlawError(f"{path}:{number}: missing fields: expected {expected}")
@@ -117,7 +121,9 @@ def save_items(items: list[MemoryItem], path: str | Path) -> None:
     """Write items as memlaw JSONL (``prompt``/``target``), atomically."""
     from memlaw.io import atomic_write_text
 
-    lines = [json.dumps({"prompt": i.prompt, "target": i.target}, ensure_ascii=False) for i in items]
+    lines = [
+        json.dumps({"prompt": i.prompt, "target": i.target}, ensure_ascii=False) for i in items
+    ]
     atomic_write_text(path, "\n".join(lines) + "\n")
 
 
@@ -257,15 +263,23 @@ def encode_items(
             if not getattr(tokenizer, "chat_template", None):
                 raise MemlawError("this tokenizer has no chat template: drop --chat-template")
             prompt_text = tokenizer.apply_chat_template(
-                [{"role": "user", "content": item.prompt}], add_generation_prompt=True, tokenize=False
+                [{"role": "user", "content": item.prompt}],
+                add_generation_prompt=True,
+                tokenize=False,
             )
             prompt_ids = tokenizer(prompt_text, add_special_tokens=False).input_ids
         else:
             prompt_ids = tokenizer(item.prompt).input_ids
         if not prompt_ids:  # the first target token needs a context to be predicted from
-            start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+            start = (
+                tokenizer.bos_token_id
+                if tokenizer.bos_token_id is not None
+                else tokenizer.eos_token_id
+            )
             prompt_ids = [start]
-        target_ids = item.target_ids or tuple(tokenizer(item.target, add_special_tokens=False).input_ids)
+        target_ids = item.target_ids or tuple(
+            tokenizer(item.target, add_special_tokens=False).input_ids
+        )
         if not target_ids:
             raise MemlawError(f"item {number}: the target has no tokens")
         encoded.append(EncodedItem(tuple(prompt_ids), tuple(target_ids)))

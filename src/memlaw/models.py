@@ -63,7 +63,9 @@ def resolve_device(device: str) -> torch.device:
         return torch.device("cpu")
     if device.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise MemlawError(f"device '{device}' requested but CUDA is not available: use --device cpu")
+            raise MemlawError(
+                f"device '{device}' requested but CUDA is not available: use --device cpu"
+            )
         return torch.device(device)
     raise MemlawError(f"unknown device '{device}': use cpu or cuda")
 

@@ -131,7 +131,11 @@ class SlidingWindowState:
         return SlidingWindowState(self.anchor[rows], self.stalled[rows], self.expansion[rows])
 
     def update(self, rows: torch.Tensor, part: SlidingWindowState) -> SlidingWindowState:
-        anchor, stalled, expansion = self.anchor.clone(), self.stalled.clone(), self.expansion.clone()
+        anchor, stalled, expansion = (
+            self.anchor.clone(),
+            self.stalled.clone(),
+            self.expansion.clone(),
+        )
         anchor[rows], stalled[rows], expansion[rows] = part.anchor, part.stalled, part.expansion
         return SlidingWindowState(anchor, stalled, expansion)
 
@@ -189,7 +193,9 @@ def memft_sw_weights(
     anchor = state.anchor.to(nll.dtype).unsqueeze(1)
     inside = t < anchor + window * state.expansion.to(nll.dtype).unsqueeze(1)
     multiplier = torch.where(inside, torch.exp(-(t - anchor).clamp(min=0) / decay), floor)
-    multiplier = torch.where(state.anchor.unsqueeze(1) >= 0, multiplier, torch.ones_like(multiplier))
+    multiplier = torch.where(
+        state.anchor.unsqueeze(1) >= 0, multiplier, torch.ones_like(multiplier)
+    )
     return soft * multiplier
 
 
@@ -206,7 +212,11 @@ def memft_sw_loss(
 
     ``wrong`` marks positions whose argmax is not the target token.
     """
-    patience_options = {k: window_options.pop(k) for k in ("patience", "growth", "max_expansion") if k in window_options}
+    patience_options = {
+        k: window_options.pop(k)
+        for k in ("patience", "growth", "max_expansion")
+        if k in window_options
+    }
     state = advance_window(wrong, mask, state, **patience_options)
     weights = memft_sw_weights(nll, mask, state, tau=tau, **window_options)
     return weighted_mean(nll, weights), state

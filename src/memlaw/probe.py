@@ -51,7 +51,9 @@ def teacher_forced(
         for start in range(0, len(encoded), batch_size):
             chunk = encoded[start : start + batch_size]
             batch = {k: v.to(device) for k, v in collate(chunk, pad_token_id).items()}
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            logits = model(
+                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+            ).logits
             nll, mask = token_nll(logits, batch["labels"])
             ok = (logits[:, :-1].argmax(-1) == batch["labels"][:, 1:]) & mask
             for row in range(len(chunk)):
@@ -210,7 +212,9 @@ def probe(
         certified_share=sum(i.certified for i in items) / len(items),
         token_certified_share=sum(x < threshold for x in all_nll) / len(all_nll),
     )
-    report.stubborn = [_stubborn_token(item, tokenizer) for item in items if item.first_error is not None]
+    report.stubborn = [
+        _stubborn_token(item, tokenizer) for item in items if item.first_error is not None
+    ]
     report.phase_transition = phase_transition_table(items, tau)
     return report
 
@@ -237,7 +241,11 @@ def phase_transition_table(items: list[ItemProbe], tau: float = DEFAULT_TAU) -> 
 
     def row(label: str, selected: list[bool]) -> dict:
         count = len(selected)
-        return {"bin": label, "tokens": count, "reproduced": (sum(selected) / count) if count else None}
+        return {
+            "bin": label,
+            "tokens": count,
+            "reproduced": (sum(selected) / count) if count else None,
+        }
 
     rows.append(row(f"p > {tau:g}", [ok for p, ok in pairs if p > tau]))
     rows.append(row(f"p <= {tau:g}", [ok for p, ok in pairs if p <= tau]))
@@ -245,4 +253,3 @@ def phase_transition_table(items: list[ItemProbe], tau: float = DEFAULT_TAU) -> 
         in_bin = [ok for p, ok in pairs if low < p <= high or (low == 0.0 and p == 0.0)]
         rows.append(row(f"({low:.1f}, {high:.1f}]", in_bin))
     return rows
-

@@ -65,7 +65,9 @@ class TrainConfig:
         if self.epochs is not None and self.epochs <= 0:
             raise MemlawError(f"epochs must be positive, got {self.epochs}")
         if self.batch_size < 0:
-            raise MemlawError(f"batch size must be 0 (full batch) or positive, got {self.batch_size}")
+            raise MemlawError(
+                f"batch size must be 0 (full batch) or positive, got {self.batch_size}"
+            )
         if not 0.0 < self.tau < 1.0:
             raise MemlawError(f"tau must be within (0, 1), got {self.tau}")
         if self.fallback not in ("skip", "mean"):
@@ -200,8 +202,12 @@ def train(
         item_certified = (above | ~mask).all(dim=1).tolist()
         for row, ok in zip(rows, item_certified):
             certified_now[row] = ok
-        if config.stop_when_certified and all(certified_now) and _confirm_certified(
-            model, encoded, pad, threshold, full_batch and len(rows) == len(encoded)
+        if (
+            config.stop_when_certified
+            and all(certified_now)
+            and _confirm_certified(
+                model, encoded, pad, threshold, full_batch and len(rows) == len(encoded)
+            )
         ):
             stop_reason = "certified"
             break
@@ -210,15 +216,25 @@ def train(
             objective = plain
         elif method == "memft-ot" or method == "memft-sw-curriculum":
             objective = O.memft_ot_loss(
-                nll, mask, tau=config.tau, fallback=config.fallback, position_decay=config.position_decay
+                nll,
+                mask,
+                tau=config.tau,
+                fallback=config.fallback,
+                position_decay=config.position_decay,
             )
         else:  # memft-sw-window
             wrong = logits[:, :-1].argmax(-1) != batch["labels"][:, 1:]
             row_index = torch.tensor(rows)
-            objective, part = O.memft_sw_loss(nll, mask, wrong, window_state.select(row_index), tau=config.tau)
+            objective, part = O.memft_sw_loss(
+                nll, mask, wrong, window_state.select(row_index), tau=config.tau
+            )
             window_state = window_state.update(row_index, part)
         active = int((mask & (nll.detach() > threshold)).sum())
-        skipped = method in ("memft-ot", "memft-sw-curriculum") and active == 0 and config.fallback == "skip"
+        skipped = (
+            method in ("memft-ot", "memft-sw-curriculum")
+            and active == 0
+            and config.fallback == "skip"
+        )
 
         grad_norm = None
         if not skipped:
@@ -283,11 +299,15 @@ def _confirm_certified(model, encoded, pad, threshold: float, seen_whole_set: bo
     return all(all(x < threshold for x in s.nll) for s in teacher_forced(model, encoded, pad))
 
 
-def save_run(result: TrainResult, out_dir: str | Path, *, overwrite: bool = False, extra: dict | None = None) -> Path:
+def save_run(
+    result: TrainResult, out_dir: str | Path, *, overwrite: bool = False, extra: dict | None = None
+) -> Path:
     """Write the PEFT adapter (safetensors) and ``record.json`` into ``out_dir`` atomically."""
     out_dir = Path(out_dir)
     if out_dir.exists() and not overwrite:
-        raise MemlawError(f"output folder '{out_dir}' already exists: pick another or pass --overwrite")
+        raise MemlawError(
+            f"output folder '{out_dir}' already exists: pick another or pass --overwrite"
+        )
     record = result.record() | (extra or {})
 
     def fill(staging: Path) -> None:

@@ -1,0 +1,445 @@
+"""The ``memlaw`` command line: a thin layer over the library.
+
+Bad input ends with a one-line ``error: ...`` on stderr and exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from memlaw.errors import MemlawError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Memorize data exactly with LoRA: MemFT, token-level recall certificates, memory laws.",
+)
+console = Console()
+err_console = Console(stderr=True)
+
+ModelOption = typer.Option(
+    "smollm2-135m",
+    "--model",
+    "-m",
+    help="Built-in name (smollm2-135m, tiny), local folder or Hugging Face id.",
+)
+DataOption = typer.Option(
+    None,
+    "--data",
+    "-d",
+    help="Memory set: .jsonl (prompt/target, query/target or question/matching) or a text file.",
+)
+GenerateOption = typer.Option(
+    None,
+    "--generate",
+    "-g",
+    help="Generated memory set: phonebook:N, random:LENGTH or noisy:LENGTH:FRACTION.",
+)
+LengthOption = typer.Option(
+    None, "--length", "-l", help="Keep only the first LENGTH target tokens of the set."
+)
+DataSeedOption = typer.Option(0, "--data-seed", help="Seed of the generator.")
+ChatOption = typer.Option(
+    False, "--chat-template", help="Wrap each prompt in the tokenizer's chat template."
+)
+DtypeOption = typer.Option("float32", "--dtype", help="float32, bfloat16 or float16.")
+DeviceOption = typer.Option("cpu", "--device", help="cpu or cuda.")
+RemoteCodeOption = typer.Option(
+    False, "--trust-remote-code", help="Allow a Hub model's own code to run (off by default)."
+)
+TauOption = typer.Option(0.5, "--tau", help="Recall boundary: a token is certified when p > tau.")
+
+
+def _quiet_transformers() -> None:
+    """Keep the terminal for memlaw's own output: no library progress bars or deprecation noise."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", message="Could not find a config file")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
+def load(model: str, dtype: str, device: str, trust_remote_code: bool):
+    from memlaw.models import load_model
+
+    _quiet_transformers()
+    with console.status(f"loading {model}…"):
+        return load_model(model, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
+
+
+def parse_generator(spec: str, tokenizer, seed: int):
+    """``phonebook:N``, ``random:LENGTH`` or ``noisy:LENGTH:FRACTION`` → memory items."""
+    from memlaw import data
+
+    kind, _, rest = spec.partition(":")
+    args = rest.split(":") if rest else []
+    try:
+        if kind == "phonebook" and len(args) == 1:
+            return data.generate_phonebook(int(args[0]), seed=seed)
+        if kind == "random" and len(args) == 1:
+            return data.generate_random_tokens(tokenizer, int(args[0]), seed=seed)
+        if kind == "noisy" and len(args) == 2:
+            return data.generate_noisy_text(tokenizer, int(args[0]), float(args[1]), seed=seed)
+    except ValueError:
+        pass
+    raise MemlawError(
+        f"bad --generate '{spec}': use phonebook:N, random:LENGTH or noisy:LENGTH:FRACTION"
+    )
+
+
+def memory_set(model, tokenizer, data_path, generate, length, data_seed, chat_template):
+    from memlaw.data import encode_items, load_items
+    from memlaw.models import context_length
+
+    if (data_path is None) == (generate is None):
+        raise MemlawError("give exactly one of --data FILE or --generate SPEC")
+    items = load_items(data_path) if data_path else parse_generator(generate, tokenizer, data_seed)
+    return encode_items(
+        items,
+        tokenizer,
+        chat_template=chat_template,
+        length=length,
+        max_context=context_length(model),
+    )
+
+
+def _check_lora_args(rank: int, layers: str | None) -> tuple[int, ...]:
+    if rank <= 0:
+        raise MemlawError(f"--rank must be a positive integer, got {rank}")
+    if not layers:
+        return ()
+    try:
+        return tuple(int(x) for x in layers.split(",") if x.strip())
+    except ValueError:
+        raise MemlawError(f"--layers must be comma-separated integers, got '{layers}'") from None
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn(
+            "loss {task.fields[loss]:.4f} · below τ {task.fields[active]} · certified {task.fields[certified]}"
+        ),
+        TimeElapsedColumn(),
+        console=err_console,
+        transient=True,
+    )
+
+
+def run_training(model, tokenizer, encoded, lora, config, label: str):
+    """Train with a progress bar; returns the TrainResult."""
+    from memlaw.train import train
+
+    with _progress() as progress:
+        task = progress.add_task(
+            label, total=config.steps, loss=float("nan"), active="-", certified="-"
+        )
+
+        def on_step(entry, total):
+            progress.update(
+                task,
+                total=total,
+                completed=entry.step,
+                loss=entry.loss,
+                active=entry.active_tokens,
+                certified=entry.certified_items,
+            )
+
+        return train(model, tokenizer, encoded, lora, config, on_step=on_step)
+
+
+def _fmt(value, digits: int = 4) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+@app.command("train")
+def train_command(
+    model: str = ModelOption,
+    data: Path = DataOption,
+    generate: str = GenerateOption,
+    length: int = LengthOption,
+    data_seed: int = DataSeedOption,
+    chat_template: bool = ChatOption,
+    method: str = typer.Option(
+        "memft-ot",
+        "--method",
+        help="sft, memft-ot, memft-sw (window for one sequence, curriculum for many), memft-sw-window, memft-sw-curriculum.",
+    ),
+    rank: int = typer.Option(4, "--rank", "-r", help="LoRA rank."),
+    alpha: float = typer.Option(None, "--alpha", help="LoRA alpha (default: the rank)."),
+    dropout: float = typer.Option(0.0, "--lora-dropout", help="LoRA dropout."),
+    layers: str = typer.Option(
+        None,
+        "--layers",
+        help="Adapted layer indices, e.g. 20 or 18,20 (default: one at 2/3 of the depth).",
+    ),
+    modules: str = typer.Option(
+        "mlp", "--modules", help="mlp, attn, all, or module names such as up_proj,down_proj."
+    ),
+    lr: float = typer.Option(1e-2, "--lr", help="AdamW learning rate."),
+    steps: int = typer.Option(200, "--steps", help="Optimizer steps (the budget)."),
+    epochs: int = typer.Option(None, "--epochs", help="Train this many epochs instead of --steps."),
+    batch_size: int = typer.Option(0, "--batch-size", help="Items per step (0: the whole set)."),
+    grad_clip: float = typer.Option(1.0, "--grad-clip", help="Gradient norm clipping."),
+    seed: int = typer.Option(0, "--seed", help="Seed: same seed, same losses."),
+    tau: float = TauOption,
+    early_stop: bool = typer.Option(
+        True, "--early-stop/--no-early-stop", help="Stop when every target token has p > tau."
+    ),
+    fallback: str = typer.Option(
+        "skip",
+        "--fallback",
+        help="MemFT-OT with nothing below tau: skip the update or use the plain mean.",
+    ),
+    position_decay: float = typer.Option(
+        None, "--position-decay", help="MemFT-OT position weighting lambda (e.g. 2)."
+    ),
+    out: Path = typer.Option(
+        Path("memlaw-run"), "--out", "-o", help="Output folder for the adapter and record.json."
+    ),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output folder."),
+    dtype: str = DtypeOption,
+    device: str = DeviceOption,
+    trust_remote_code: bool = RemoteCodeOption,
+    as_json: bool = typer.Option(False, "--json", help="Print the run record as JSON."),
+) -> None:
+    """Memorize a memory set into a LoRA adapter (PEFT, safetensors) with SFT or MemFT.
+
+    Example: memlaw train --generate phonebook:16 --method memft-ot --rank 1 --out run1
+    """
+    from memlaw.adapters import LoraSpec
+    from memlaw.train import TrainConfig, save_run
+
+    layer_indices = _check_lora_args(rank, layers)
+    config = TrainConfig(
+        method=method,
+        lr=lr,
+        steps=steps,
+        epochs=epochs,
+        batch_size=batch_size,
+        grad_clip=grad_clip,
+        seed=seed,
+        tau=tau,
+        stop_when_certified=early_stop,
+        fallback=fallback,
+        position_decay=position_decay,
+    )
+    config.validate()
+    if out.exists() and not overwrite:
+        raise MemlawError(f"output folder '{out}' already exists: pick another or pass --overwrite")
+    lora = LoraSpec(rank=rank, alpha=alpha, dropout=dropout, layers=layer_indices, modules=modules)
+    base, tokenizer = load(model, dtype, device, trust_remote_code)
+    encoded = memory_set(base, tokenizer, data, generate, length, data_seed, chat_template)
+    lora.resolved_layers(base)  # reject a bad layer index before training starts
+    result = run_training(base, tokenizer, encoded, lora, config, f"{config.method} r={rank}")
+    save_run(
+        result, out, overwrite=overwrite, extra={"model": model, "data": str(data or generate)}
+    )
+    record = result.record()
+    if as_json:
+        print(json.dumps({k: v for k, v in record.items() if k != "log"}, indent=2))
+    else:
+        console.print(_run_table([(config.method, record)]))
+        console.print(f"adapter and record saved to [bold]{out}[/bold]")
+    if result.stop_reason == "non-finite loss":
+        raise MemlawError(
+            f"training stopped at step {result.steps + 1}: the loss became non-finite; the last good "
+            f"adapter was saved to {out} — lower --lr"
+        )
+
+
+RUN_ROWS = (
+    ("ℓ (target tokens)", "length", str),
+    ("N_eff", "n_eff", str),
+    ("trainable params", "trainable_params", str),
+    ("base loss L0", "base_loss", lambda v: _fmt(v)),
+    ("final loss L1", "final_loss", lambda v: _fmt(v)),
+    ("ΔL (nats/token)", "delta_loss", lambda v: _fmt(v)),
+    ("exact match", "exact_match", lambda v: _pct(v)),
+    ("certified share", "certified_share", lambda v: _pct(v)),
+    ("stubborn tokens", "stubborn_tokens", str),
+    ("steps", "steps", str),
+    ("stopped by", "stop_reason", str),
+    ("wall time (s)", "train_seconds", lambda v: _fmt(v, 1)),
+)
+
+
+def _run_table(runs: list[tuple[str, dict]]) -> Table:
+    """Runs side by side: one column per run, one row per measure."""
+    table = Table(title="memorization runs")
+    table.add_column("measure")
+    for label, _ in runs:
+        table.add_column(label, justify="right")
+    for title, key, show in RUN_ROWS:
+        table.add_row(title, *(show(record[key]) for _, record in runs))
+    return table
+
+
+def _pct(value) -> str:
+    return "-" if value is None else f"{100 * value:.1f}%"
+
+
+@app.command("probe")
+def probe_command(
+    model: str = ModelOption,
+    adapter: Path = typer.Option(
+        None, "--adapter", "-a", help="A PEFT adapter folder (e.g. from memlaw train)."
+    ),
+    data: Path = DataOption,
+    generate: str = GenerateOption,
+    length: int = LengthOption,
+    data_seed: int = DataSeedOption,
+    chat_template: bool = ChatOption,
+    tau: float = TauOption,
+    greedy: bool = typer.Option(
+        True, "--greedy/--no-greedy", help="Also decode each item greedily."
+    ),
+    tokens: bool = typer.Option(
+        False, "--tokens", help="Show every target token of the first items."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print the full report as JSON."),
+    dtype: str = DtypeOption,
+    device: str = DeviceOption,
+    trust_remote_code: bool = RemoteCodeOption,
+) -> None:
+    """Show, token by token, what a model (+ adapter) has memorized.
+
+    Example: memlaw probe --adapter run1 --generate phonebook:16
+    """
+    from memlaw.adapters import load_adapter
+    from memlaw.probe import probe
+
+    if not 0.0 < tau < 1.0:
+        raise MemlawError(f"--tau must be within (0, 1), got {tau}")
+    base, tokenizer = load(model, dtype, device, trust_remote_code)
+    encoded = memory_set(base, tokenizer, data, generate, length, data_seed, chat_template)
+    target = load_adapter(base, str(adapter)) if adapter else base
+    with console.status("probing…"):
+        report = probe(target, tokenizer, encoded, tau=tau, generate=greedy)
+    if as_json:
+        print(json.dumps(report.to_dict(), indent=2))
+        return
+    summary = Table(title="probe")
+    summary.add_column("measure")
+    summary.add_column("value", justify="right")
+    for key, value in report.summary().items():
+        shown = (
+            _pct(value)
+            if key in ("exact_match", "certified_share", "token_certified_share")
+            else _fmt(value)
+        )
+        summary.add_row(key, shown)
+    console.print(summary)
+    phase = Table(
+        title="phase transition: share of tokens reproduced (argmax given the correct prefix)"
+    )
+    for column in ("teacher-forced p", "tokens", "reproduced"):
+        phase.add_column(column, justify="right")
+    for row in report.phase_transition:
+        phase.add_row(row["bin"], str(row["tokens"]), _pct(row["reproduced"]))
+    console.print(phase)
+    if report.stubborn:
+        stubborn = Table(title="stubborn tokens (first greedy error of each failed item)")
+        for column in ("item", "position", "expected", "generated", "p(expected)"):
+            stubborn.add_column(column, justify="right")
+        for s in report.stubborn[:20]:
+            stubborn.add_row(
+                str(s["item"]),
+                str(s["position"]),
+                repr(s["expected"]),
+                repr(s["generated"]),
+                f"{s['probability']:.3f}",
+            )
+        console.print(stubborn)
+    if tokens:
+        for item in report.items[:5]:
+            cells = [
+                f"[{'green' if p > tau else 'red'}]{tokenizer.decode([t])!r}:{p:.2f}[/]"
+                for t, p in zip(item.target_ids, item.probabilities)
+            ]
+            console.print(f"item {item.index}: " + " ".join(cells))
+
+
+@app.command("demo")
+def demo_command(
+    model: str = ModelOption,
+    entries: int = typer.Option(24, "--entries", help="Phonebook entries to memorize."),
+    rank: int = typer.Option(1, "--rank", help="LoRA rank."),
+    steps: int = typer.Option(60, "--steps", help="Step budget of each method."),
+    lr: float = typer.Option(1e-2, "--lr", help="AdamW learning rate."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the data and of training."),
+    out: Path = typer.Option(
+        Path("memlaw-demo"), "--out", "-o", help="Folder for adapters, records and the plot."
+    ),
+) -> None:
+    """Memorize a generated phonebook with SFT and with MemFT-OT (same data, rank, budget,
+    seed) and compare them side by side."""
+    from memlaw.adapters import LoraSpec
+    from memlaw.data import encode_items, generate_phonebook
+    from memlaw.report import plot_runs
+    from memlaw.train import TrainConfig, save_run
+
+    _check_lora_args(rank, None)
+    runs = []
+    for method in ("sft", "memft-ot"):
+        base, tokenizer = load(model, "float32", "cpu", False)
+        encoded = encode_items(generate_phonebook(entries, seed=seed), tokenizer)
+        config = TrainConfig(
+            method=method, lr=lr, steps=steps, seed=seed, stop_when_certified=False
+        )
+        started = time.perf_counter()
+        result = run_training(base, tokenizer, encoded, LoraSpec(rank=rank), config, method)
+        save_run(
+            result,
+            out / method,
+            overwrite=True,
+            extra={"model": model, "data": f"phonebook:{entries}"},
+        )
+        runs.append((method, result))
+        err_console.print(f"{method}: done in {time.perf_counter() - started:.0f} s")
+    console.print(_run_table([(label, r.record()) for label, r in runs]))
+    plot = plot_runs(runs, out / "demo.png")
+    console.print(f"adapters, records and the plot are in [bold]{out}[/bold] (plot: {plot})")
+
+
+def main() -> None:
+    """Entry point: run the app, turning MemlawError into a one-line error and exit code 2."""
+    try:
+        app(standalone_mode=False)
+    except MemlawError as exc:
+        err_console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        err_console.print("interrupted")
+        sys.exit(130)
+    except Exception as exc:  # click's usage errors carry their own exit code
+        import click
+
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        if isinstance(exc, click.exceptions.Abort):
+            sys.exit(1)
+        raise
+
+
+if __name__ == "__main__":
+    main()

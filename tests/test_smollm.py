@@ -1,0 +1,65 @@
+"""The embedded default model: GGUF conversion, the safetensors cache, a short run and a probe."""
+
+import json
+import time
+
+import pytest
+import torch
+from peft import PeftModel
+
+from memlaw import models
+from memlaw.adapters import LoraSpec
+from memlaw.data import encode_items, generate_phonebook
+from memlaw.probe import probe
+from memlaw.train import TrainConfig, save_run, train
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def fresh_cache(tmp_path_factory):
+    """A cache folder of our own, so the first load really converts the GGUF file."""
+    cache = tmp_path_factory.mktemp("memlaw-cache")
+    patch = pytest.MonkeyPatch()
+    patch.setenv("MEMLAW_CACHE", str(cache))
+    yield cache
+    patch.undo()
+
+
+def test_gguf_converts_once_then_loads_from_the_cache(fresh_cache):
+    model, tokenizer = models.load_model("smollm2-135m")
+    [folder] = (fresh_cache / "models").iterdir()
+    assert (folder / "model.safetensors").is_file()
+    assert "quantization_config" not in json.loads((folder / "config.json").read_text())
+    assert model.config.num_hidden_layers == 30 and model.config.hidden_size == 576
+
+    started = time.perf_counter()
+    cached, cached_tokenizer = models.load_model("smollm2-135m")
+    assert time.perf_counter() - started < 5.0
+    for a, b in zip(model.state_dict().values(), cached.state_dict().values()):
+        assert torch.equal(a, b)
+
+    prompt = cached_tokenizer("The capital of France is", return_tensors="pt")
+    output = cached.generate(**prompt, max_new_tokens=3, do_sample=False)
+    assert "Paris" in cached_tokenizer.decode(output[0, prompt.input_ids.shape[1] :])
+
+
+def test_short_run_and_probe_on_the_default_model(fresh_cache, tmp_path):
+    model, tokenizer = models.load_model("smollm2-135m")
+    encoded = encode_items(generate_phonebook(4, seed=0), tokenizer)
+    assert sum(len(e.target_ids) for e in encoded) == 40  # one token per digit
+    result = train(
+        model, tokenizer, encoded, LoraSpec(rank=2), TrainConfig(method="memft-ot", steps=12)
+    )
+    assert result.config["lora"]["layers"] == [20]
+    assert result.n_eff == 2
+    assert result.trainable_params == 2 * (576 + 1536) * 3
+    report = result.report
+    assert report.delta_loss > 0.5
+    assert result.log[-1].loss < result.log[0].loss
+
+    save_run(result, tmp_path / "run")
+    base, _ = models.load_model("smollm2-135m")
+    again = probe(PeftModel.from_pretrained(base, tmp_path / "run"), tokenizer, encoded)
+    assert again.final_loss == pytest.approx(report.final_loss, rel=1e-5)
+    assert [i.exact_match for i in again.items] == [i.exact_match for i in report.items]

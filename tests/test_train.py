@@ -1,0 +1,164 @@
+import json
+import math
+
+import pytest
+import torch
+from peft import PeftModel
+
+from memlaw.adapters import LoraSpec
+from memlaw.data import encode_items, generate_phonebook, generate_random_tokens
+from memlaw.errors import MemlawError
+from memlaw.models import load_model
+from memlaw.probe import probe
+from memlaw.train import TrainConfig, save_run, train
+
+
+def run(method="sft", steps=40, n=4, **config):
+    model, tokenizer = load_model("tiny")
+    encoded = encode_items(generate_phonebook(n, seed=1), tokenizer)
+    return train(
+        model,
+        tokenizer,
+        encoded,
+        LoraSpec(rank=8),
+        TrainConfig(method=method, steps=steps, **config),
+    )
+
+
+def test_same_seed_same_losses_other_seed_other_losses():
+    a = run(steps=8, stop_when_certified=False)
+    b = run(steps=8, stop_when_certified=False)
+    c = run(steps=8, stop_when_certified=False, seed=1)
+    assert [e.loss for e in a.log] == [e.loss for e in b.log]
+    assert [e.loss for e in a.log] != [e.loss for e in c.log]
+
+
+@pytest.mark.parametrize("method", ["sft", "memft-ot", "memft-sw"])
+def test_each_method_memorizes_and_stops_when_certified(method):
+    result = run(method=method, steps=150)
+    assert result.stop_reason == "certified"
+    assert result.steps < 150
+    report = result.report
+    assert report.certified_share == 1.0 and report.exact_match == 1.0
+    assert report.delta_loss == pytest.approx(result.base_loss - report.final_loss)
+    assert report.final_loss < math.log(2) < result.base_loss
+    assert result.config["method"] == ("memft-sw-curriculum" if method == "memft-sw" else method)
+
+
+def test_step_log_counts_tokens_consistently():
+    result = run(method="memft-ot", steps=30, stop_when_certified=False)
+    for entry in result.log:
+        assert 0 <= entry.active_tokens <= 40
+        assert entry.active_tokens == 0 or entry.above_share < 1.0
+        assert entry.skipped == (entry.active_tokens == 0)
+        if entry.skipped:
+            assert entry.grad_norm is None
+    first = result.log[0]
+    assert first.active_tokens == 40 and first.above_share == 0.0
+    assert first.objective == pytest.approx(first.loss)  # everything is below the boundary at start
+
+
+def test_memft_ot_skips_updates_once_everything_is_above_threshold():
+    result = run(method="memft-ot", steps=120, stop_when_certified=False)
+    skipped = [e for e in result.log if e.skipped]
+    assert skipped, "a certified run under MemFT-OT with skipping must skip"
+    # a skipped step changes no weight, so the next step's loss is identical
+    for entry in skipped:
+        if entry.step < len(result.log):
+            assert result.log[entry.step].loss == entry.loss
+
+
+def test_minibatches_and_epochs():
+    result = run(steps=1, epochs=3, batch_size=3, n=5, stop_when_certified=False)
+    assert result.steps == 6  # ceil(5/3) batches x 3 epochs
+
+
+def test_sliding_window_on_one_long_sequence():
+    model, tokenizer = load_model("tiny")
+    encoded = encode_items(generate_random_tokens(tokenizer, 60, seed=2), tokenizer)
+    result = train(
+        model, tokenizer, encoded, LoraSpec(rank=8), TrainConfig(method="memft-sw", steps=6)
+    )
+    assert result.config["method"] == "memft-sw-window"
+    assert result.log[0].objective != pytest.approx(result.log[0].loss)  # weighted, not the mean
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_adapter(tiny):
+    model, tokenizer = tiny
+    encoded = encode_items(generate_phonebook(2), tokenizer)
+    calls = {"n": 0}
+
+    def poison(module, args, output):  # forward 1 is the base loss; training forward 3 goes NaN
+        calls["n"] += 1
+        return output * float("nan") if calls["n"] == 4 else output
+
+    handle = model.lm_head.register_forward_hook(poison)
+    result = train(
+        model, tokenizer, encoded, LoraSpec(rank=4), TrainConfig(steps=10), final_probe=False
+    )
+    handle.remove()
+    assert result.stop_reason == "non-finite loss" and result.steps == 2
+    assert all(torch.isfinite(p).all() for p in result.model.parameters())
+
+
+def test_saved_adapter_loads_with_plain_peft_and_reproduces_the_probe(tmp_path):
+    model, tokenizer = load_model("tiny")
+    encoded = encode_items(generate_phonebook(3, seed=4), tokenizer)
+    result = train(
+        model, tokenizer, encoded, LoraSpec(rank=4, layers=(1, 2)), TrainConfig(steps=25)
+    )
+    save_run(result, tmp_path / "run")
+    assert (tmp_path / "run" / "adapter_model.safetensors").is_file()
+    assert not list((tmp_path / "run").glob("*.bin"))
+    record = json.loads((tmp_path / "run" / "record.json").read_text())
+    for key in (
+        "config",
+        "length",
+        "base_loss",
+        "final_loss",
+        "delta_loss",
+        "steps",
+        "train_seconds",
+        "n_eff",
+        "trainable_params",
+        "exact_match",
+        "certified_share",
+    ):
+        assert key in record
+    assert record["n_eff"] == 8 and record["length"] == 30 and len(record["log"]) == record["steps"]
+
+    fresh, _ = load_model("tiny")
+    loaded = PeftModel.from_pretrained(fresh, tmp_path / "run")
+    again = probe(loaded, tokenizer, encoded)
+    assert again.final_loss == pytest.approx(result.report.final_loss, rel=1e-6)
+    assert again.base_loss == pytest.approx(result.base_loss, rel=1e-6)
+    assert [i.generated_ids for i in again.items] == [i.generated_ids for i in result.report.items]
+    with pytest.raises(MemlawError, match="already exists"):
+        save_run(result, tmp_path / "run")
+
+
+def test_failed_save_leaves_nothing_behind(tmp_path, monkeypatch):
+    result = run(steps=2)
+
+    def broken(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(result.model, "save_pretrained", broken)
+    with pytest.raises(OSError):
+        save_run(result, tmp_path / "run")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "config, message",
+    [
+        (TrainConfig(method="adam"), "unknown method"),
+        (TrainConfig(lr=0), "learning rate"),
+        (TrainConfig(steps=0), "steps must be positive"),
+        (TrainConfig(tau=1.0), "tau"),
+        (TrainConfig(batch_size=-1), "batch size"),
+    ],
+)
+def test_bad_training_configs(config, message):
+    with pytest.raises(MemlawError, match=message):
+        config.validate()
