@@ -49,5 +49,5 @@ def test_teacher_forced_batches_agree(tiny):
     encoded = encode_items(generate_phonebook(5), tokenizer)
     whole = teacher_forced(model, encoded, tokenizer.pad_token_id)
     pieces = teacher_forced(model, encoded, tokenizer.pad_token_id, batch_size=2)
-    for a, b in zip(whole, pieces):
-        assert all(abs(x - y) < 1e-5 for x, y in zip(a.nll, b.nll))
+    for a, b in zip(whole, pieces, strict=False):
+        assert all(abs(x - y) < 1e-5 for x, y in zip(a.nll, b.nll, strict=False))

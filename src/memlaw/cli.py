@@ -373,7 +373,7 @@ def probe_command(
         for item in report.items[:5]:
             cells = [
                 f"[{'green' if p > tau else 'red'}]{tokenizer.decode([t])!r}:{p:.2f}[/]"
-                for t, p in zip(item.target_ids, item.probabilities)
+                for t, p in zip(item.target_ids, item.probabilities, strict=False)
             ]
             console.print(f"item {item.index}: " + " ".join(cells))
 

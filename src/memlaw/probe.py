@@ -184,11 +184,13 @@ def probe(
     generated = greedy_generate(model, encoded, pad) if generate else [None] * len(encoded)
     threshold = -math.log(tau)
     items = []
-    for index, (item, score, output) in enumerate(zip(encoded, scores, generated)):
+    for index, (item, score, output) in enumerate(zip(encoded, scores, generated, strict=False)):
         target = list(item.target_ids)
         first_error = None
         if output is not None:
-            first_error = next((i for i, (a, b) in enumerate(zip(output, target)) if a != b), None)
+            first_error = next(
+                (i for i, (a, b) in enumerate(zip(output, target, strict=False)) if a != b), None
+            )
         items.append(
             ItemProbe(
                 index=index,
@@ -236,7 +238,9 @@ def phase_transition_table(items: list[ItemProbe], tau: float = DEFAULT_TAU) -> 
     The first two rows split at τ: above it the share is 100% by construction, which the table
     lets a user check; below it is whatever the model happens to get right.
     """
-    pairs = [(p, ok) for item in items for p, ok in zip(item.probabilities, item.argmax_ok)]
+    pairs = [
+        (p, ok) for item in items for p, ok in zip(item.probabilities, item.argmax_ok, strict=False)
+    ]
     rows = []
 
     def row(label: str, selected: list[bool]) -> dict:
@@ -249,7 +253,7 @@ def phase_transition_table(items: list[ItemProbe], tau: float = DEFAULT_TAU) -> 
 
     rows.append(row(f"p > {tau:g}", [ok for p, ok in pairs if p > tau]))
     rows.append(row(f"p <= {tau:g}", [ok for p, ok in pairs if p <= tau]))
-    for low, high in zip(PROBABILITY_BINS[:-1], PROBABILITY_BINS[1:]):
+    for low, high in zip(PROBABILITY_BINS[:-1], PROBABILITY_BINS[1:], strict=False):
         in_bin = [ok for p, ok in pairs if low < p <= high or (low == 0.0 and p == 0.0)]
         rows.append(row(f"({low:.1f}, {high:.1f}]", in_bin))
     return rows

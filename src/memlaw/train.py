@@ -200,7 +200,7 @@ def train(
 
         above = mask & (nll.detach() < threshold)
         item_certified = (above | ~mask).all(dim=1).tolist()
-        for row, ok in zip(rows, item_certified):
+        for row, ok in zip(rows, item_certified, strict=False):
             certified_now[row] = ok
         if (
             config.stop_when_certified
@@ -287,7 +287,7 @@ def _snapshot(params: list[torch.Tensor]) -> list[torch.Tensor]:
 
 @torch.no_grad()
 def _restore(params: list[torch.Tensor], saved: list[torch.Tensor]) -> None:
-    for p, s in zip(params, saved):
+    for p, s in zip(params, saved, strict=False):
         p.copy_(s)
 
 
