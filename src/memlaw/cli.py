@@ -383,7 +383,7 @@ def demo_command(
     model: str = ModelOption,
     entries: int = typer.Option(24, "--entries", help="Phonebook entries to memorize."),
     rank: int = typer.Option(1, "--rank", help="LoRA rank."),
-    steps: int = typer.Option(60, "--steps", help="Step budget of each method."),
+    steps: int = typer.Option(100, "--steps", help="Step budget of each method."),
     lr: float = typer.Option(1e-2, "--lr", help="AdamW learning rate."),
     seed: int = typer.Option(0, "--seed", help="Seed of the data and of training."),
     out: Path = typer.Option(
@@ -403,7 +403,7 @@ def demo_command(
         base, tokenizer = load(model, "float32", "cpu", False)
         encoded = encode_items(generate_phonebook(entries, seed=seed), tokenizer)
         config = TrainConfig(
-            method=method, lr=lr, steps=steps, seed=seed, stop_when_certified=False
+            method=method, lr=lr, steps=steps, seed=seed
         )
         started = time.perf_counter()
         result = run_training(base, tokenizer, encoded, LoraSpec(rank=rank), config, method)
