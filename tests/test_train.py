@@ -86,19 +86,36 @@ def test_sliding_window_on_one_long_sequence():
 def test_non_finite_loss_stops_and_keeps_the_last_good_adapter(tiny):
     model, tokenizer = tiny
     encoded = encode_items(generate_phonebook(2), tokenizer)
-    calls = {"n": 0}
+    poisoned = {"on": False}
+    last_good: list = []
 
-    def poison(module, args, output):  # forward 1 is the base loss; training forward 3 goes NaN
-        calls["n"] += 1
-        return output * float("nan") if calls["n"] == 4 else output
+    def poison(module, args, output):  # once switched on, the LM head returns NaN
+        return output * float("nan") if poisoned["on"] else output
+
+    def after_step(entry, total):
+        # PEFT injects LoRA into `model` in place, so its trainable parameters are the adapter.
+        # After step 1 they give step 2's finite loss; after step 2 the poison makes step 3 NaN.
+        if entry.step == 1:
+            last_good.extend(p.detach().clone() for p in model.parameters() if p.requires_grad)
+        poisoned["on"] = entry.step == 2
 
     handle = model.lm_head.register_forward_hook(poison)
-    result = train(
-        model, tokenizer, encoded, LoraSpec(rank=4), TrainConfig(steps=10), final_probe=False
-    )
-    handle.remove()
+    try:
+        config = TrainConfig(steps=10)
+        result = train(
+            model,
+            tokenizer,
+            encoded,
+            LoraSpec(rank=4),
+            config,
+            on_step=after_step,
+            final_probe=False,
+        )
+    finally:
+        handle.remove()
     assert result.stop_reason == "non-finite loss" and result.steps == 2
-    assert all(torch.isfinite(p).all() for p in result.model.parameters())
+    kept = [p for p in result.model.parameters() if p.requires_grad]
+    assert all(torch.equal(a, b) for a, b in zip(kept, last_good, strict=True))
 
 
 def test_saved_adapter_loads_with_plain_peft_and_reproduces_the_probe(tmp_path):

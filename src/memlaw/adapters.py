@@ -5,7 +5,7 @@
 >>> spec = LoraSpec(rank=4, layers=(2,), modules="mlp")
 >>> peft_model = attach_lora(model, spec)
 >>> spec.n_eff(model), trainable_parameters(peft_model)
-(4, 1536)
+(4, 2304)
 """
 
 from __future__ import annotations

@@ -381,7 +381,7 @@ def probe_command(
 @app.command("demo")
 def demo_command(
     model: str = ModelOption,
-    entries: int = typer.Option(24, "--entries", help="Phonebook entries to memorize."),
+    entries: int = typer.Option(40, "--entries", help="Phonebook entries to memorize."),
     rank: int = typer.Option(1, "--rank", help="LoRA rank."),
     steps: int = typer.Option(100, "--steps", help="Step budget of each method."),
     lr: float = typer.Option(1e-2, "--lr", help="AdamW learning rate."),
@@ -402,9 +402,7 @@ def demo_command(
     for method in ("sft", "memft-ot"):
         base, tokenizer = load(model, "float32", "cpu", False)
         encoded = encode_items(generate_phonebook(entries, seed=seed), tokenizer)
-        config = TrainConfig(
-            method=method, lr=lr, steps=steps, seed=seed
-        )
+        config = TrainConfig(method=method, lr=lr, steps=steps, seed=seed)
         started = time.perf_counter()
         result = run_training(base, tokenizer, encoded, LoraSpec(rank=rank), config, method)
         save_run(

@@ -119,7 +119,7 @@ def _parse_jsonl(text: str, path: Path) -> list[MemoryItem]:
 
 def save_items(items: list[MemoryItem], path: str | Path) -> None:
     """Write items as memlaw JSONL (``prompt``/``target``), atomically."""
-    from memlaw.io import atomic_write_text
+    from memlaw.atomic import atomic_write_text
 
     lines = [
         json.dumps({"prompt": i.prompt, "target": i.target}, ensure_ascii=False) for i in items

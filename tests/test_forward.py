@@ -1,0 +1,79 @@
+"""The fast path gives the reference path's results: same losses step after step."""
+
+import pytest
+
+from memlaw.adapters import LoraSpec
+from memlaw.data import MemoryItem, encode_items, generate_phonebook
+from memlaw.forward import FastForward, ReferenceForward, choose_forward
+from memlaw.models import load_model
+from memlaw.train import TrainConfig, train
+
+
+def trajectories(name, items_fn, lora, **config):
+    runs = {}
+    for fast in (False, True):
+        model, tokenizer = load_model(name)
+        encoded = encode_items(items_fn(tokenizer), tokenizer)
+        settings = TrainConfig(steps=50, stop_when_certified=False, fast_path=fast, **config)
+        runs[fast] = train(model, tokenizer, encoded, lora, settings, final_probe=False)
+    return runs[False], runs[True]
+
+
+def assert_same_trajectory(reference, fast):
+    assert reference.config["forward"] == "reference path requested"
+    assert fast.config["forward"].startswith("fast path from layer")
+    assert len(reference.log) == len(fast.log) == 50
+    for a, b in zip(reference.log, fast.log, strict=True):
+        assert b.loss == pytest.approx(a.loss, rel=1e-4)
+        assert b.objective == pytest.approx(a.objective, rel=1e-4, abs=1e-7)
+        assert b.active_tokens == a.active_tokens
+
+
+@pytest.mark.parametrize("method", ["sft", "memft-ot", "memft-sw"])
+def test_fast_path_matches_reference_on_tiny(method):
+    def items(tokenizer):  # uneven prompt and target lengths, so padding is exercised
+        return generate_phonebook(5, seed=3) + [MemoryItem("A longer key, with more words:", "42")]
+
+    reference, fast = trajectories("tiny", items, LoraSpec(rank=4, layers=(2, 3)), method=method)
+    assert_same_trajectory(reference, fast)
+
+
+def test_fast_path_matches_reference_with_minibatches_and_sliding_window():
+    def items(tokenizer):
+        return generate_phonebook(7, seed=5)
+
+    reference, fast = trajectories("tiny", items, LoraSpec(rank=2, layers=(1,)), batch_size=3)
+    assert_same_trajectory(reference, fast)
+
+
+@pytest.mark.slow
+def test_fast_path_matches_reference_on_the_default_model():
+    def items(tokenizer):
+        return generate_phonebook(4, seed=0)
+
+    reference, fast = trajectories("smollm2-135m", items, LoraSpec(rank=1), method="memft-ot")
+    assert_same_trajectory(reference, fast)
+
+
+def test_fast_path_caches_only_below_the_adapter(tiny):
+    model, tokenizer = tiny
+    encoded = encode_items(generate_phonebook(3), tokenizer)
+    fast = FastForward(model, encoded, tokenizer.pad_token_id, first_layer=2)
+    assert [tuple(s.shape) for s in fast.cache] == [(len(e.input_ids), 64) for e in encoded]
+    chosen, note = choose_forward(model, encoded, tokenizer.pad_token_id, 2)
+    assert isinstance(chosen, FastForward) and note == "fast path from layer 2"
+
+
+def test_fallback_when_the_fast_path_disagrees(tiny, monkeypatch):
+    model, tokenizer = tiny
+    encoded = encode_items(generate_phonebook(3), tokenizer)
+    original = FastForward.__call__
+
+    def off_by_a_bit(self, rows):
+        losses = original(self, rows)
+        losses.nll = losses.nll * 1.01
+        return losses
+
+    monkeypatch.setattr(FastForward, "__call__", off_by_a_bit)
+    chosen, note = choose_forward(model, encoded, tokenizer.pad_token_id, 2)
+    assert isinstance(chosen, ReferenceForward) and "disagrees" in note
