@@ -418,6 +418,92 @@ def demo_command(
     console.print(f"adapters, records and the plot are in [bold]{out}[/bold] (plot: {plot})")
 
 
+def _int_list(text: str, option: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise MemlawError(f"{option} must be comma-separated integers, got '{text}'") from None
+    if not values or any(v <= 0 for v in values):
+        raise MemlawError(f"{option} must be positive integers, got '{text}'")
+    return values
+
+
+@app.command("sweep")
+def sweep_command(
+    model: str = ModelOption,
+    data: str = typer.Option(
+        "random",
+        "--data",
+        help="random, phonebook, noisy:FRACTION, or a data file truncated to each length.",
+    ),
+    ranks: str = typer.Option("1,2,4,8,16", "--ranks", help="Comma-separated LoRA ranks."),
+    lengths: str = typer.Option(
+        "64,128,256,512", "--lengths", help="Comma-separated lengths ℓ (target tokens)."
+    ),
+    layer_counts: str = typer.Option(
+        "1", "--layer-counts", help="Comma-separated numbers of adapted layers."
+    ),
+    methods: str = typer.Option(
+        "sft", "--methods", help="Comma-separated methods (sft, memft-ot, memft-sw)."
+    ),
+    seeds: str = typer.Option("0", "--seeds", help="Comma-separated seeds."),
+    modules: str = typer.Option("mlp", "--modules", help="mlp, attn, all, or module names."),
+    lr: float = typer.Option(1e-2, "--lr", help="AdamW learning rate."),
+    max_steps: int = typer.Option(600, "--max-steps", help="Step cap of each point."),
+    plateau_window: int = typer.Option(
+        50, "--plateau-window", help="Steps per window of the plateau test."
+    ),
+    plateau_tolerance: float = typer.Option(
+        0.01,
+        "--plateau-tolerance",
+        help="Plateau: relative improvement between windows below this.",
+    ),
+    db: Path = typer.Option(
+        Path("sweep.db"), "--db", help="SQLite file of results (re-running resumes)."
+    ),
+    workers: int = typer.Option(
+        1, "--workers", help="Worker processes (the cores are split between them)."
+    ),
+) -> None:
+    """Train a grid of points (rank × ℓ × layers × method × seed) into a resumable SQLite store.
+
+    Example: memlaw sweep --model tiny --ranks 1,2,4 --lengths 32,64 --db tiny.db
+    """
+    from memlaw.sweep import LocalExecutor, SweepSpec, SweepStore, run_sweep
+    from memlaw.train import METHODS
+
+    method_list = tuple(m.strip() for m in methods.split(",") if m.strip())
+    unknown = [m for m in method_list if m not in METHODS]
+    if unknown:
+        raise MemlawError(f"unknown method(s) {', '.join(unknown)}: use {', '.join(METHODS)}")
+    seed_list = tuple(int(x) for x in seeds.split(",") if x.strip()) if seeds.strip() else (0,)
+    if workers <= 0:
+        raise MemlawError(f"--workers must be positive, got {workers}")
+    spec = SweepSpec(
+        model=model,
+        data=data,
+        ranks=_int_list(ranks, "--ranks"),
+        lengths=_int_list(lengths, "--lengths"),
+        layer_counts=_int_list(layer_counts, "--layer-counts"),
+        methods=method_list,
+        seeds=seed_list,
+        modules=modules,
+        lr=lr,
+        max_steps=max_steps,
+        plateau_window=plateau_window,
+        plateau_tolerance=plateau_tolerance,
+    )
+    store = SweepStore(db, spec)
+    _quiet_transformers()
+    summary = run_sweep(spec, store, LocalExecutor(workers=workers))
+    rows = store.rows()
+    capped = sum(r["hit_cap"] for r in rows)
+    console.print(
+        f"sweep: {summary['done']} points run, {summary['skipped']} already done, "
+        f"{len(rows)} in {db}" + (f"; {capped} hit the step cap (not converged)" if capped else "")
+    )
+
+
 def main() -> None:
     """Entry point: run the app, turning MemlawError into a one-line error and exit code 2."""
     try:

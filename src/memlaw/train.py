@@ -56,6 +56,10 @@ class TrainConfig:
     position_decay: float | None = None  # MemFT-OT position weighting λ (e.g. 2.0)
     curriculum_boundaries: tuple[int, ...] | None = None  # epochs; default: equal fifths
     fast_path: bool = True  # cache the frozen layers below the adapter (memlaw.forward)
+    # Stop at a plateau: the mean loss of the last window improved on the window before by
+    # less than this relative tolerance (None: train the whole budget).
+    plateau_window: int | None = None
+    plateau_tolerance: float = 0.01
 
     def validate(self) -> None:
         if self.method not in METHODS:
@@ -97,7 +101,7 @@ class TrainResult:
 
     model: object
     log: list[StepLog]
-    stop_reason: str  # budget | certified | non-finite loss
+    stop_reason: str  # budget | certified | plateau | non-finite loss
     steps: int
     base_loss: float
     train_seconds: float
@@ -257,6 +261,11 @@ def train(
         log.append(entry)
         if on_step is not None:
             on_step(entry, total_steps)
+        if config.plateau_window and _plateaued(
+            log, config.plateau_window, config.plateau_tolerance
+        ):
+            stop_reason = "plateau"
+            break
 
     train_seconds = time.perf_counter() - started
     model.eval()
@@ -281,6 +290,16 @@ def train(
     if final_probe:
         result.report = probe(model, tokenizer, encoded, tau=config.tau, base_loss=base_loss)
     return result
+
+
+def _plateaued(log: list[StepLog], window: int, tolerance: float) -> bool:
+    """The mean loss of the last ``window`` steps improved on the window before by less than
+    ``tolerance`` (relative)."""
+    if len(log) < 2 * window:
+        return False
+    last = sum(e.loss for e in log[-window:]) / window
+    before = sum(e.loss for e in log[-2 * window : -window]) / window
+    return before - last < tolerance * before
 
 
 def _snapshot(params: list[torch.Tensor]) -> list[torch.Tensor]:

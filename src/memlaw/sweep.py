@@ -1,0 +1,402 @@
+"""Sweeps: a grid of memorization runs, their SQLite store, and the executors that run them.
+
+Each point (rank × length ℓ × adapted-layer count × method × seed) trains until its loss has
+plateaued or hits the step cap, and lands as one row in a SQLite database (WAL mode) in one
+transaction when it finishes. Re-running a sweep skips finished points, so a sweep killed at
+any moment loses nothing but the points in flight and duplicates nothing.
+
+>>> import tempfile, pathlib
+>>> spec = SweepSpec(model="tiny", data="random", ranks=(1, 2), lengths=(16,), max_steps=5)
+>>> store = SweepStore(pathlib.Path(tempfile.mkdtemp()) / "sweep.db", spec)
+>>> summary = run_sweep(spec, store, LocalExecutor(workers=1), progress=False)
+>>> summary["done"], len(store.rows())
+(2, 2)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import multiprocessing
+import os
+import sqlite3
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Protocol
+
+from memlaw.errors import MemlawError
+
+SCHEMA_VERSION = 1
+DATA_KINDS = ("random", "phonebook", "noisy")
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    """A sweep: the grid and the settings every point shares.
+
+    ``data`` is a generator (``random``: one random-token sequence; ``phonebook``; ``noisy:F``:
+    the built-in text with a fraction F of random tokens) or a data file truncated to each ℓ.
+    Points stop when the mean loss of the last ``plateau_window`` steps improved by less than
+    ``plateau_tolerance`` (relative) on the window before, or at ``max_steps``.
+    """
+
+    model: str = "smollm2-135m"
+    data: str = "random"
+    ranks: tuple[int, ...] = (1, 2, 4, 8, 16)
+    lengths: tuple[int, ...] = (64, 128, 256, 512)
+    layer_counts: tuple[int, ...] = (1,)
+    methods: tuple[str, ...] = ("sft",)
+    seeds: tuple[int, ...] = (0,)
+    modules: str = "mlp"
+    lr: float = 1e-2
+    max_steps: int = 600
+    plateau_window: int = 50
+    plateau_tolerance: float = 0.01
+    data_seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("ranks", "lengths", "layer_counts", "seeds", "methods"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+        for name in ("ranks", "lengths", "layer_counts"):
+            values = getattr(self, name)
+            if not values:
+                raise MemlawError(f"the sweep needs at least one value in {name}")
+            if any(int(v) != v or v <= 0 for v in values):
+                raise MemlawError(f"{name} must be positive integers, got {list(values)}")
+        if self.max_steps <= 0 or self.plateau_window <= 0:
+            raise MemlawError("max_steps and plateau_window must be positive")
+        kind = self.data.split(":")[0]
+        if kind not in DATA_KINDS and not Path(self.data).is_file():
+            raise MemlawError(
+                f"sweep data '{self.data}' is neither a generator ({', '.join(DATA_KINDS)}) nor a file"
+            )
+
+    def shared_settings(self) -> dict:
+        """Everything but the grid: two sweeps may share a database only if these agree."""
+        grid = {"ranks", "lengths", "layer_counts", "methods", "seeds"}
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in grid}
+
+    def points(self) -> list[SweepPoint]:
+        return [
+            SweepPoint(rank, length, layers, method, seed)
+            for layers in self.layer_counts
+            for method in self.methods
+            for seed in self.seeds
+            for length in self.lengths
+            for rank in self.ranks
+        ]
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+
+@dataclass(frozen=True)
+class SweepPoint:
+    """One run of the grid."""
+
+    rank: int
+    length: int
+    layers: int
+    method: str
+    seed: int
+
+    @property
+    def key(self) -> str:
+        return f"r{self.rank}-l{self.length}-n{self.layers}-{self.method}-s{self.seed}"
+
+
+def adapted_layers(count: int, total: int) -> tuple[int, ...]:
+    """``count`` consecutive layers starting at the default layer (2/3 of the depth), moved
+    down where they would run past the top."""
+    from memlaw.adapters import default_layer
+
+    if count > total:
+        raise MemlawError(f"cannot adapt {count} layers of a {total}-layer model")
+    start = min(default_layer(total), total - count)
+    return tuple(range(start, start + count))
+
+
+def memory_set_for(spec: SweepSpec, length: int, tokenizer) -> list:
+    """The encoded memory set of exactly ``length`` target tokens for this sweep."""
+    from memlaw import data
+
+    kind, _, argument = spec.data.partition(":")
+    if kind == "random":
+        items = data.generate_random_tokens(tokenizer, length, seed=spec.data_seed)
+    elif kind == "phonebook":
+        items = data.generate_phonebook(math.ceil(length / 10) + 1, seed=spec.data_seed)
+    elif kind == "noisy":
+        items = data.generate_noisy_text(
+            tokenizer, length, float(argument or 0), seed=spec.data_seed
+        )
+    else:
+        items = data.load_items(spec.data)
+    return data.encode_items(items, tokenizer, length=length)
+
+
+def run_point(spec: SweepSpec, point: SweepPoint) -> dict:
+    """Train one point and return its row (runs in a worker process)."""
+    from memlaw.adapters import LoraSpec
+    from memlaw.models import load_model
+    from memlaw.train import TrainConfig, train
+
+    model, tokenizer = load_model(spec.model)
+    encoded = memory_set_for(spec, point.length, tokenizer)
+    layers = adapted_layers(point.layers, model.config.num_hidden_layers)
+    lora = LoraSpec(rank=point.rank, layers=layers, modules=spec.modules)
+    config = TrainConfig(
+        method=point.method,
+        lr=spec.lr,
+        steps=spec.max_steps,
+        seed=point.seed,
+        stop_when_certified=False,  # certified recall would cut ΔL short of capacity
+        plateau_window=spec.plateau_window,
+        plateau_tolerance=spec.plateau_tolerance,
+    )
+    started = time.perf_counter()
+    result = train(model, tokenizer, encoded, lora, config)
+    record = result.record()
+    return {
+        "key": point.key,
+        **asdict(point),
+        "n_eff": result.n_eff,
+        "trainable_params": result.trainable_params,
+        "base_loss": record["base_loss"],
+        "final_loss": record["final_loss"],
+        "delta_loss": record["delta_loss"],
+        "exact_match": record["exact_match"],
+        "certified_share": record["certified_share"],
+        "steps": record["steps"],
+        "stop_reason": record["stop_reason"],
+        "hit_cap": record["stop_reason"] == "budget",
+        "train_seconds": record["train_seconds"],
+        "wall_seconds": time.perf_counter() - started,
+        "record": {
+            "config": record["config"],
+            "losses": [entry["loss"] for entry in record["log"]],
+            "probabilities": [p for item in result.report.items for p in item.probabilities],
+        },
+    }
+
+
+# --- the store -------------------------------------------------------------------------------
+
+COLUMNS = (
+    "key TEXT PRIMARY KEY, rank INTEGER, length INTEGER, layers INTEGER, method TEXT, "
+    "seed INTEGER, n_eff INTEGER, trainable_params INTEGER, base_loss REAL, final_loss REAL, "
+    "delta_loss REAL, exact_match REAL, certified_share REAL, steps INTEGER, stop_reason TEXT, "
+    "hit_cap INTEGER, train_seconds REAL, wall_seconds REAL, record TEXT, finished_at REAL"
+)
+
+
+class SweepStore:
+    """One SQLite file: a ``meta`` table with the sweep's shared settings, a ``points`` table
+    with one row per finished point."""
+
+    def __init__(self, path: str | Path, spec: SweepSpec | None = None):
+        self.path = Path(path)
+        if spec is None and not self.path.is_file():
+            raise MemlawError(f"sweep database '{self.path}' does not exist")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.connection = sqlite3.connect(self.path, timeout=30)
+            self.connection.execute("PRAGMA journal_mode=WAL")
+            self.connection.execute("PRAGMA synchronous=FULL")
+            with self.connection:
+                self.connection.execute(
+                    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)"
+                )
+                self.connection.execute(f"CREATE TABLE IF NOT EXISTS points ({COLUMNS})")
+            stored = dict(self.connection.execute("SELECT key, value FROM meta").fetchall())
+        except sqlite3.DatabaseError as exc:
+            raise MemlawError(f"'{self.path}' is not a usable sweep database ({exc})") from None
+        if spec is not None:
+            settings = json.dumps(spec.shared_settings(), sort_keys=True)
+            if "settings" in stored and stored["settings"] != settings:
+                raise MemlawError(
+                    f"'{self.path}' holds a sweep with other settings ({_difference(stored['settings'], settings)}): "
+                    "use another --db or the same settings"
+                )
+            with self.connection:
+                self.connection.execute(
+                    "INSERT OR IGNORE INTO meta VALUES ('settings', ?), ('schema', ?)",
+                    (settings, str(SCHEMA_VERSION)),
+                )
+                self.connection.execute(
+                    "INSERT OR REPLACE INTO meta VALUES ('spec', ?)", (spec.to_json(),)
+                )
+        elif "settings" not in stored:
+            raise MemlawError(f"'{self.path}' holds no sweep (no settings recorded)")
+
+    def spec(self) -> SweepSpec:
+        (value,) = self.connection.execute("SELECT value FROM meta WHERE key = 'spec'").fetchone()
+        return SweepSpec(**json.loads(value))
+
+    def finished_keys(self) -> set[str]:
+        return {key for (key,) in self.connection.execute("SELECT key FROM points")}
+
+    def add(self, row: dict) -> None:
+        """Write one finished point in one transaction (a repeat of a key is ignored)."""
+        values = {**row, "record": json.dumps(row["record"]), "finished_at": time.time()}
+        names = [c.split()[0] for c in COLUMNS.split(", ")]
+        with self.connection:
+            self.connection.execute(
+                f"INSERT OR IGNORE INTO points ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})",
+                [values[name] for name in names],
+            )
+
+    def rows(self, with_record: bool = False) -> list[dict]:
+        cursor = self.connection.execute(
+            "SELECT * FROM points ORDER BY layers, method, seed, length, rank"
+        )
+        names = [d[0] for d in cursor.description]
+        rows = []
+        for values in cursor.fetchall():
+            row = dict(zip(names, values, strict=True))
+            row["hit_cap"] = bool(row["hit_cap"])
+            row["record"] = json.loads(row["record"]) if with_record else None
+            rows.append(row)
+        return rows
+
+    def close(self) -> None:
+        self.connection.close()
+
+
+def _difference(stored: str, wanted: str) -> str:
+    a, b = json.loads(stored), json.loads(wanted)
+    changed = [
+        f"{k}: {a.get(k)!r} vs {b.get(k)!r}"
+        for k in sorted(set(a) | set(b))
+        if a.get(k) != b.get(k)
+    ]
+    return "; ".join(changed[:3])
+
+
+# --- executors -------------------------------------------------------------------------------
+
+
+class Executor(Protocol):
+    """Runs points and yields ``(point, row)`` as each finishes; a distributed engine can
+    implement the same method."""
+
+    def run(
+        self, spec: SweepSpec, points: list[SweepPoint]
+    ) -> Iterator[tuple[SweepPoint, dict]]: ...
+
+
+def _init_worker(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+@dataclass
+class LocalExecutor:
+    """Worker processes on this machine (one per core by default, the cores split evenly)."""
+
+    workers: int = field(default_factory=lambda: max(1, os.cpu_count() or 1))
+    on_start: Callable[[SweepPoint], None] | None = None
+
+    def run(self, spec: SweepSpec, points: list[SweepPoint]) -> Iterator[tuple[SweepPoint, dict]]:
+        workers = max(1, min(self.workers, len(points)))
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(
+            workers, mp_context=context, initializer=_init_worker, initargs=(threads,)
+        ) as pool:
+            queue = list(points)
+            running = {}
+            while queue or running:
+                while queue and len(running) < workers:
+                    point = queue.pop(0)
+                    running[pool.submit(run_point, spec, point)] = point
+                    if self.on_start:
+                        self.on_start(point)
+                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in done:
+                    point = running.pop(future)
+                    yield point, future.result()
+
+
+def run_sweep(spec: SweepSpec, store: SweepStore, executor, *, progress: bool = True) -> dict:
+    """Run every point not yet in ``store``; returns counts of points done and skipped."""
+    points = spec.points()
+    finished = store.finished_keys()
+    todo = [p for p in points if p.key not in finished]
+    summary = {"total": len(points), "skipped": len(points) - len(todo), "done": 0}
+    if not todo:
+        return summary
+    started = time.perf_counter()
+    bar = _SweepProgress(len(points), summary["skipped"]) if progress else None
+    if bar and hasattr(executor, "on_start"):
+        executor.on_start = bar.started
+    try:
+        for point, row in executor.run(spec, todo):
+            store.add(row)
+            summary["done"] += 1
+            if bar:
+                bar.finished(point, row)
+    finally:
+        if bar:
+            bar.close()
+    summary["seconds"] = time.perf_counter() - started
+    return summary
+
+
+class _SweepProgress:
+    """Points done, running and left, with an estimate of the time left."""
+
+    def __init__(self, total: int, already: int):
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        self.running: set[str] = set()
+        self.progress = Progress(
+            TextColumn("[bold]sweep"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn(
+                "running {task.fields[running]} · left {task.fields[left]} · last {task.fields[last]}"
+            ),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=Console(stderr=True),
+        )
+        self.progress.start()
+        self.task = self.progress.add_task(
+            "sweep", total=total, completed=already, running=0, left=total - already, last="-"
+        )
+        self.left = total - already
+
+    def started(self, point: SweepPoint) -> None:
+        self.running.add(point.key)
+        self.progress.update(self.task, running=len(self.running))
+
+    def finished(self, point: SweepPoint, row: dict) -> None:
+        self.running.discard(point.key)
+        self.left -= 1
+        last = f"{point.key} ΔL={row['delta_loss']:.3f}{' (cap)' if row['hit_cap'] else ''}"
+        self.progress.update(
+            self.task, advance=1, running=len(self.running), left=self.left, last=last
+        )
+
+    def close(self) -> None:
+        self.progress.stop()
+
+
+def fingerprint(spec: SweepSpec) -> str:
+    """A short hash of the shared settings (names a sweep in reports)."""
+    return hashlib.sha256(json.dumps(spec.shared_settings(), sort_keys=True).encode()).hexdigest()[
+        :12
+    ]

@@ -1,0 +1,129 @@
+"""Sweeps: the grid lands in SQLite once per point, survives SIGKILL, and refuses foreign DBs."""
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+import pytest
+
+from memlaw.errors import MemlawError
+from memlaw.sweep import LocalExecutor, SweepSpec, SweepStore, adapted_layers, run_sweep
+
+GRID = {"ranks": (1, 2, 4), "lengths": (16, 32)}
+
+
+def tiny_spec(**changes):
+    settings = dict(model="tiny", data="random", max_steps=30, plateau_window=10, **GRID)
+    return SweepSpec(**(settings | changes))
+
+
+def test_sweep_fills_the_grid_once_and_resumes(tmp_path):
+    spec = tiny_spec(layer_counts=(1, 2))
+    store = SweepStore(tmp_path / "s.db", spec)
+    first = run_sweep(spec, store, LocalExecutor(workers=2), progress=False)
+    assert first["done"] == 12 and first["skipped"] == 0
+    rows = store.rows(with_record=True)
+    assert sorted(r["key"] for r in rows) == sorted(p.key for p in spec.points())
+    for row in rows:
+        assert row["n_eff"] == row["rank"] * row["layers"]
+        assert row["delta_loss"] == pytest.approx(row["base_loss"] - row["final_loss"])
+        assert row["stop_reason"] in ("plateau", "budget")
+        assert row["hit_cap"] == (row["stop_reason"] == "budget")
+        assert len(row["record"]["probabilities"]) == row["length"]
+        assert row["steps"] == len(row["record"]["losses"])
+    again = run_sweep(
+        spec, SweepStore(tmp_path / "s.db", spec), LocalExecutor(workers=1), progress=False
+    )
+    assert again == {"total": 12, "skipped": 12, "done": 0}
+
+
+def test_a_database_from_another_sweep_is_refused(tmp_path):
+    SweepStore(tmp_path / "s.db", tiny_spec())
+    with pytest.raises(MemlawError, match=r"other settings \(lr: 0.01 vs 0.02\)"):
+        SweepStore(tmp_path / "s.db", tiny_spec(lr=0.02))
+    SweepStore(tmp_path / "s.db", tiny_spec(ranks=(8,)))  # a larger grid, same settings: fine
+
+
+def test_corrupt_database_is_refused(tmp_path):
+    path = tmp_path / "s.db"
+    path.write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(MemlawError, match="is not a usable sweep database"):
+        SweepStore(path, tiny_spec())
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"ranks": (0, 1)}, "ranks must be positive integers"),
+        ({"lengths": (-5,)}, "lengths must be positive integers"),
+        ({"lengths": ()}, "at least one value in lengths"),
+        ({"data": "nonsense.jsonl"}, "neither a generator"),
+    ],
+)
+def test_bad_grids(changes, message):
+    with pytest.raises(MemlawError, match=message):
+        tiny_spec(**changes)
+
+
+def test_adapted_layers_start_at_two_thirds_and_stay_in_range():
+    assert adapted_layers(1, 30) == (20,)
+    assert adapted_layers(4, 30) == (20, 21, 22, 23)
+    assert adapted_layers(3, 4) == (1, 2, 3)
+    with pytest.raises(MemlawError):
+        adapted_layers(5, 4)
+
+
+def test_sigkill_mid_sweep_then_rerun_gives_each_point_once(tmp_path):
+    db = tmp_path / "kill.db"
+    command = [
+        sys.executable,
+        "-m",
+        "memlaw.cli",
+        "sweep",
+        "-m",
+        "tiny",
+        "--ranks",
+        "1,2,4",
+        "--lengths",
+        "16,32",
+        "--max-steps",
+        "400",
+        "--plateau-window",
+        "1000",
+        "--db",
+        str(db),
+    ]
+    process = subprocess.Popen(
+        command, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.time() + 240
+    count = 0
+    while time.time() < deadline and process.poll() is None:
+        if db.exists():
+            try:
+                count = sqlite3.connect(db).execute("SELECT COUNT(*) FROM points").fetchone()[0]
+            except sqlite3.OperationalError:
+                count = 0
+            if count >= 1:
+                break
+        time.sleep(0.05)
+    assert process.poll() is None, (
+        "the sweep finished before it could be killed: make points longer"
+    )
+    os.killpg(process.pid, signal.SIGKILL)  # the driver and its workers, mid-run
+    process.wait()
+    assert 1 <= count < 6
+
+    rerun = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    keys = [k for (k,) in sqlite3.connect(db).execute("SELECT key FROM points")]
+    expected = [
+        p.key
+        for p in SweepSpec(
+            model="tiny", ranks=(1, 2, 4), lengths=(16, 32), max_steps=400, plateau_window=1000
+        ).points()
+    ]
+    assert sorted(keys) == sorted(expected)
