@@ -504,6 +504,197 @@ def sweep_command(
     )
 
 
+REFERENCE_LAWS = {"smollm2-135m": "smollm2-135m.json"}
+
+
+def reference_law_path(model: str) -> Path:
+    """The law shipped with memlaw for a built-in model (see laws/README.md)."""
+    if model not in REFERENCE_LAWS:
+        raise MemlawError(
+            f"memlaw ships no law for '{model}': pass --law (fit one with memlaw sweep + memlaw fit)"
+        )
+    return Path(__file__).parent / "laws" / REFERENCE_LAWS[model]
+
+
+def _sweep_metadata(store) -> dict:
+    spec = store.spec()
+    return {
+        "model": spec.model,
+        "modules": spec.modules,
+        "data": spec.data,
+        "lr": spec.lr,
+        "layer_counts": list(spec.layer_counts),
+        "grid": {"ranks": list(spec.ranks), "lengths": list(spec.lengths)},
+        "max_steps": spec.max_steps,
+    }
+
+
+@app.command("fit")
+def fit_command(
+    db: Path = typer.Option(Path("sweep.db"), "--db", help="Sweep database."),
+    out: Path = typer.Option(
+        Path("law.json"), "--out", "-o", help="Where to write the fitted law (JSON)."
+    ),
+    method: str = typer.Option(
+        None, "--method", help="Fit this method's points (needed when the sweep has several)."
+    ),
+    include_capped: bool = typer.Option(
+        False, "--include-capped", help="Also fit points that hit the step cap."
+    ),
+    bootstrap: int = typer.Option(
+        200, "--bootstrap", help="Bootstrap resamples for the 95% intervals."
+    ),
+) -> None:
+    """Fit ΔL = C · N_eff^α · ℓ^(−β) + b to a sweep and save the law as JSON.
+
+    Example: memlaw fit --db sweep.db --out law.json
+    """
+    from memlaw.atomic import atomic_write_json
+    from memlaw.plan import fit_sweep
+    from memlaw.sweep import SweepStore
+
+    store = SweepStore(db)
+    rows = store.rows()
+    if method:
+        rows = [r for r in rows if r["method"] == method]
+        if not rows:
+            raise MemlawError(f"the sweep in {db} has no points for method '{method}'")
+    fitted = fit_sweep(
+        rows, metadata=_sweep_metadata(store), include_capped=include_capped, n_bootstrap=bootstrap
+    )
+    law = fitted["law"]
+    law.save(out)
+    atomic_write_json(out.with_suffix(".fit.json"), {k: v for k, v in fitted.items() if k != "law"})
+    table = Table(
+        title=f"ΔL = C · N_eff^α · ℓ^(−β) + b   (R² = {law.r2_:.4f}, {law.n_points_} points)"
+    )
+    for column in ("parameter", "value", "95% interval"):
+        table.add_column(column, justify="right")
+    for name in ("C", "alpha", "beta", "b"):
+        low, high = law.intervals_.get(name, (None, None))
+        interval = "-" if low is None else f"[{low:.4g}, {high:.4g}]"
+        table.add_row(name, f"{getattr(law, name + '_'):.4g}", interval)
+    console.print(table)
+    holdout = fitted["holdout"]
+    if isinstance(holdout, dict) and "mean_relative_error" in holdout:
+        console.print(
+            f"hold-out (largest N_eff and ℓ predicted from the rest): mean relative error "
+            f"{holdout['mean_relative_error']:.1%}, max {holdout['max_relative_error']:.1%}"
+        )
+    if fitted["excluded_capped"]:
+        console.print(
+            f"{fitted['excluded_capped']} points hit the step cap and were left out (--include-capped to keep them)"
+        )
+    console.print(f"law saved to [bold]{out}[/bold]")
+
+
+@app.command("plan")
+def plan_command(
+    length: int = typer.Option(None, "--length", "-l", help="ℓ: target tokens to memorize."),
+    data: Path = typer.Option(
+        None, "--data", "-d", help="Count ℓ (and the base loss) from this data file."
+    ),
+    model: str = ModelOption,
+    law_path: Path = typer.Option(
+        None, "--law", help="A fitted law JSON (default: memlaw's law for the model)."
+    ),
+    rank: int = typer.Option(
+        None, "--rank", "-r", help="Your current rank, to see what doubling it gains."
+    ),
+    layers: int = typer.Option(1, "--layers", help="Number of adapted layers."),
+    base_loss: float = typer.Option(
+        None,
+        "--base-loss",
+        help="Base loss L0 of your data (nats/token), for final-loss predictions.",
+    ),
+    min_gain: float = typer.Option(
+        0.05,
+        "--min-gain",
+        help="Diminishing returns: a doubling gains less than this per added rank (nats/token).",
+    ),
+    png: Path = typer.Option(Path("plan.png"), "--png", help="Where to draw the plan."),
+    as_json: bool = typer.Option(False, "--json", help="Print the plan as JSON."),
+) -> None:
+    """Plan the LoRA rank from the law before spending compute.
+
+    Example: memlaw plan --length 2000 --rank 8
+    """
+    from memlaw.law import MemoryLaw
+    from memlaw.plan import format_plan_table, plan, plot_plan
+
+    if (length is None) == (data is None):
+        raise MemlawError("give exactly one of --length N or --data FILE")
+    if rank is not None and rank <= 0:
+        raise MemlawError(f"--rank must be a positive integer, got {rank}")
+    law = MemoryLaw.load(law_path or reference_law_path(model))
+    if data is not None:
+        from memlaw.data import encode_items, load_items, target_length
+        from memlaw.probe import mean_target_loss, teacher_forced
+
+        base, tokenizer = load(model, "float32", "cpu", False)
+        encoded = encode_items(load_items(data), tokenizer)
+        length = target_length(encoded)
+        if base_loss is None:
+            with console.status("measuring the base loss of your data…"):
+                base_loss = mean_target_loss(teacher_forced(base, encoded, tokenizer.pad_token_id))
+    result = plan(
+        law,
+        length,
+        base_loss=base_loss,
+        current_rank=rank,
+        layers=layers,
+        min_gain=min_gain,
+        model=model,
+    )
+    if as_json:
+        print(json.dumps(result.to_dict(), indent=2))
+    else:
+        rows = format_plan_table(result)
+        table = Table(
+            title=f"plan for ℓ = {length} target tokens"
+            + (f", L0 = {base_loss:.3f}" if base_loss else "")
+        )
+        for column in rows[0]:
+            table.add_column(column, justify="right")
+        for row in rows:
+            table.add_row(*row.values())
+        console.print(table)
+        console.print(
+            f"diminishing returns from rank {result.diminishing_rank}; full recall predicted at rank {result.recall_rank} ({result.recall_source})"
+        )
+        for note in result.notes:
+            console.print(f"note: {note}")
+    plot_plan(result, law, png)
+    if not as_json:
+        console.print(f"plot: {png}")
+
+
+@app.command("report")
+def report_command(
+    db: Path = typer.Option(Path("sweep.db"), "--db", help="Sweep database."),
+    out: Path = typer.Option(
+        Path("report.html"), "--out", "-o", help="The HTML file to write (figures go beside it)."
+    ),
+    law_path: Path = typer.Option(
+        None, "--law", help="A fitted law JSON (default: fit the sweep)."
+    ),
+    point: str = typer.Option(
+        None, "--point", help="Key of the point whose token probabilities to show."
+    ),
+) -> None:
+    """Write one self-contained HTML report of a sweep: figures, the fitted law, every point.
+
+    Example: memlaw report --db sweep.db --out report.html
+    """
+    from memlaw.law import MemoryLaw
+    from memlaw.report import write_sweep_report
+
+    law = MemoryLaw.load(law_path) if law_path else None
+    with console.status("writing the report…"):
+        path = write_sweep_report(db, out, law=law, point=point)
+    console.print(f"report: [bold]{path}[/bold]")
+
+
 def main() -> None:
     """Entry point: run the app, turning MemlawError into a one-line error and exit code 2."""
     try:

@@ -56,8 +56,8 @@ class TrainConfig:
     position_decay: float | None = None  # MemFT-OT position weighting λ (e.g. 2.0)
     curriculum_boundaries: tuple[int, ...] | None = None  # epochs; default: equal fifths
     fast_path: bool = True  # cache the frozen layers below the adapter (memlaw.forward)
-    # Stop at a plateau: the mean loss of the last window improved on the window before by
-    # less than this relative tolerance (None: train the whole budget).
+    # Stop at a plateau: ΔL (base loss minus the mean loss of the last window) grew on the window
+    # before by less than this relative tolerance (None: train the whole budget).
     plateau_window: int | None = None
     plateau_tolerance: float = 0.01
 
@@ -76,6 +76,8 @@ class TrainConfig:
             )
         if not 0.0 < self.tau < 1.0:
             raise MemlawError(f"tau must be within (0, 1), got {self.tau}")
+        if self.plateau_window is not None and self.plateau_window <= 0:
+            raise MemlawError(f"plateau window must be positive, got {self.plateau_window}")
         if self.fallback not in ("skip", "mean"):
             raise MemlawError(f"fallback must be skip or mean, got '{self.fallback}'")
 
@@ -262,7 +264,7 @@ def train(
         if on_step is not None:
             on_step(entry, total_steps)
         if config.plateau_window and _plateaued(
-            log, config.plateau_window, config.plateau_tolerance
+            log, base_loss, config.plateau_window, config.plateau_tolerance
         ):
             stop_reason = "plateau"
             break
@@ -292,14 +294,15 @@ def train(
     return result
 
 
-def _plateaued(log: list[StepLog], window: int, tolerance: float) -> bool:
-    """The mean loss of the last ``window`` steps improved on the window before by less than
-    ``tolerance`` (relative)."""
+def _plateaued(log: list[StepLog], base_loss: float, window: int, tolerance: float) -> bool:
+    """ΔL over the last ``window`` steps grew by less than ``tolerance`` (relative) on the
+    window before. Relative to ΔL, not to the loss: a loss falling from 0.02 to 0.01 halves,
+    yet ΔL has converged, which is what a law sweep measures."""
     if len(log) < 2 * window:
         return False
     last = sum(e.loss for e in log[-window:]) / window
     before = sum(e.loss for e in log[-2 * window : -window]) / window
-    return before - last < tolerance * before
+    return before - last < tolerance * max(base_loss - last, 1e-12)
 
 
 def _snapshot(params: list[torch.Tensor]) -> list[torch.Tensor]:
