@@ -1,0 +1,172 @@
+"""memlaw sweep / fit / plan / report on the command line, with synthetic sweep databases."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from memlaw.law import MemoryLaw
+from memlaw.sweep import SweepSpec, SweepStore
+from tests.test_cli import memlaw
+from tests.test_sweep_report import synthetic_row
+
+
+def make_db(path: Path, rows) -> Path:
+    spec = SweepSpec(
+        model="tiny", data="random", ranks=(1, 2, 4, 8), lengths=(16, 32, 64), max_steps=40
+    )
+    store = SweepStore(path, spec)
+    for row in rows:
+        store.add(row)
+    store.close()
+    return path
+
+
+def law_rows():
+    return [synthetic_row(r, n, capped=False) for n in (16, 32, 64) for r in (1, 2, 4, 8)]
+
+
+def test_fit_plan_report(tmp_path, capsys, monkeypatch):
+    db = make_db(tmp_path / "s.db", law_rows())
+    code, out, err = memlaw(
+        capsys, monkeypatch, "fit", "--db", db, "-o", tmp_path / "law.json", "--bootstrap", 20
+    )
+    assert code == 0, err
+    assert "alpha" in out and "hold-out" in out
+    law = MemoryLaw.load(tmp_path / "law.json")
+    assert law.alpha_ == pytest.approx(0.4, abs=1e-3) and law.beta_ == pytest.approx(0.5, abs=1e-3)
+    assert law.metadata_["model"] == "tiny"
+
+    code, out, err = memlaw(
+        capsys,
+        monkeypatch,
+        "plan",
+        "--law",
+        tmp_path / "law.json",
+        "-m",
+        "tiny",
+        "--length",
+        48,
+        "--rank",
+        2,
+        "--png",
+        tmp_path / "plan.png",
+        "--json",
+    )
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["length"] == 48 and result["current"]["rank"] == 2
+    delta = {row["rank"]: row["predicted_delta"] for row in result["rows"]}
+    assert delta[4] == pytest.approx(2.0 * 4**0.4 * 48**-0.5 + 0.05, rel=1e-3)
+    assert (tmp_path / "plan.png").stat().st_size > 0
+
+    code, out, err = memlaw(capsys, monkeypatch, "report", "--db", db, "-o", tmp_path / "r.html")
+    assert code == 0, err
+    assert "data:image/png;base64" in (tmp_path / "r.html").read_text()
+
+
+def test_plan_counts_length_from_a_data_file(tmp_path, capsys, monkeypatch):
+    db = make_db(tmp_path / "s.db", law_rows())
+    memlaw(capsys, monkeypatch, "fit", "--db", db, "-o", tmp_path / "law.json", "--bootstrap", 0)
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"prompt": "a:", "target": "12345"}\n{"prompt": "b:", "target": "678"}\n')
+    code, out, err = memlaw(
+        capsys,
+        monkeypatch,
+        "plan",
+        "--law",
+        tmp_path / "law.json",
+        "-m",
+        "tiny",
+        "--data",
+        data,
+        "--png",
+        tmp_path / "p.png",
+        "--json",
+    )
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["length"] == 8 and result["base_loss"] > 0
+
+
+def one_line_error(capsys, monkeypatch, *args) -> str:
+    code, _, err = memlaw(capsys, monkeypatch, *args)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    return err
+
+
+def test_too_few_points(tmp_path, capsys, monkeypatch):
+    db = make_db(tmp_path / "s.db", law_rows()[:3])
+    err = one_line_error(capsys, monkeypatch, "fit", "--db", db, "-o", tmp_path / "l.json")
+    assert "points" in err
+    assert not (tmp_path / "l.json").exists()
+
+
+def test_no_positive_delta(tmp_path, capsys, monkeypatch):
+    rows = law_rows()
+    for row in rows:
+        row["delta_loss"] = -0.1
+    db = make_db(tmp_path / "s.db", rows)
+    err = one_line_error(capsys, monkeypatch, "fit", "--db", db, "-o", tmp_path / "l.json")
+    assert "ΔL" in err
+
+
+def test_corrupt_and_missing_database(tmp_path, capsys, monkeypatch):
+    bad = tmp_path / "bad.db"
+    bad.write_bytes(b"garbage" * 200)
+    assert "not a usable sweep database" in one_line_error(capsys, monkeypatch, "fit", "--db", bad)
+    assert "does not exist" in one_line_error(
+        capsys, monkeypatch, "report", "--db", tmp_path / "none.db"
+    )
+
+
+def test_sweep_refuses_another_configuration_and_bad_grids(tmp_path, capsys, monkeypatch):
+    db = make_db(tmp_path / "s.db", [])
+    err = one_line_error(
+        capsys,
+        monkeypatch,
+        "sweep",
+        "-m",
+        "tiny",
+        "--db",
+        db,
+        "--lr",
+        "0.5",
+        "--max-steps",
+        40,
+        "--ranks",
+        "1,2,4,8",
+        "--lengths",
+        "16,32,64",
+    )
+    assert "other settings" in err
+    err = one_line_error(
+        capsys, monkeypatch, "sweep", "-m", "tiny", "--db", tmp_path / "n.db", "--ranks", "0,2"
+    )
+    assert "--ranks must be positive integers" in err
+    err = one_line_error(
+        capsys, monkeypatch, "sweep", "-m", "tiny", "--db", tmp_path / "n.db", "--lengths", "-4"
+    )
+    assert "--lengths must be positive integers" in err
+
+
+def test_law_for_another_model(tmp_path, capsys, monkeypatch):
+    db = make_db(tmp_path / "s.db", law_rows())
+    memlaw(capsys, monkeypatch, "fit", "--db", db, "-o", tmp_path / "law.json", "--bootstrap", 0)
+    err = one_line_error(
+        capsys,
+        monkeypatch,
+        "plan",
+        "--law",
+        tmp_path / "law.json",
+        "-m",
+        "smollm2-135m",
+        "--length",
+        100,
+        "--png",
+        tmp_path / "p.png",
+    )
+    assert "fitted for model tiny, not smollm2-135m" in err
+    assert "ships no law" in one_line_error(
+        capsys, monkeypatch, "plan", "-m", "tiny", "--length", 100
+    )
