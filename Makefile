@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.memlaw-installed
 
-.PHONY: install demo test lint clean
+.PHONY: install demo test lint bench reference-law clean
 
 # The pinned CPU build of torch goes in first, so that the range in pyproject.toml
 # is already satisfied and pip never pulls a multi-GB CUDA build.
@@ -27,6 +27,20 @@ test: install
 lint: install
 	$(BIN)/ruff check src tests
 	$(BIN)/ruff format --check src tests
+
+# Benchmarks (see docs/benchmarks.md): each compares side by side in one run.
+bench: install
+	$(BIN)/python bench/step_time.py
+
+# The reference law for the default model (about an hour on two cores; see laws/README.md).
+REFERENCE_GRID := --model smollm2-135m --data random --ranks 1,2,4,8,16 --lengths 64,128,256,512 \
+	--max-steps 250 --plateau-window 25 --plateau-tolerance 0.01 --workers 2
+reference-law: install
+	$(BIN)/memlaw sweep $(REFERENCE_GRID) --db laws/smollm2-135m.db
+	$(BIN)/memlaw fit --db laws/smollm2-135m.db --out src/memlaw/laws/smollm2-135m.json
+	cp src/memlaw/laws/smollm2-135m.json src/memlaw/laws/smollm2-135m.fit.json laws/
+	$(BIN)/memlaw report --db laws/smollm2-135m.db --law laws/smollm2-135m.json \
+		--out laws/smollm2-135m-report.html
 
 clean:
 	rm -rf $(VENV) memlaw-demo

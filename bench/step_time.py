@@ -35,6 +35,26 @@ def matmul_gflops(size: int = 1024, repeats: int = 20) -> float:
     return 2 * size**3 * repeats / (time.perf_counter() - started) / 1e9
 
 
+def step_flops(config, tokens: int, supervised: int, first_layer: int, fast: bool) -> float:
+    """Matmul FLOPs of one training step (2 per multiply-add; attention scores left out).
+
+    Forward: the layers that run (all of them on the reference path, those from the adapter
+    up on the fast path) and the LM head (at every position, or at supervised ones only).
+    Backward: activation gradients from the loss down to the adapter, on both paths (frozen
+    weights get no gradient), which costs about one more forward of the same part.
+    """
+    d, i, v = config.hidden_size, config.intermediate_size, config.vocab_size
+    kv = d * config.num_key_value_heads // config.num_attention_heads
+    per_layer = 2 * d * d + 2 * d * kv + 3 * d * i
+    upper = config.num_hidden_layers - first_layer
+    head_positions = supervised if fast else tokens
+    forward = (
+        tokens * per_layer * (upper if fast else config.num_hidden_layers) + head_positions * d * v
+    )
+    backward = tokens * per_layer * upper + supervised * d * v
+    return 2.0 * (forward + backward)
+
+
 def time_case(label: str, make_items, steps: int, rank: int) -> dict:
     per_path = {}
     for fast in (False, True, False, True):  # interleaved, so drift hits both paths
@@ -55,6 +75,12 @@ def time_case(label: str, make_items, steps: int, rank: int) -> dict:
         summary[f"{path}_step_s"] = min(t["median_step_s"] for t in trials)
         summary[f"{path}_run_s"] = min(t["run_s"] for t in trials)  # includes setup and caching
     summary["speedup"] = summary["reference_step_s"] / summary["fast_step_s"]
+    first_layer = run.config["lora"]["layers"][0]
+    for path, fast in (("reference", False), ("fast", True)):
+        flops = step_flops(model.config, tokens, supervised, first_layer, fast)
+        summary[f"{path}_gflop_per_step"] = flops / 1e9
+        summary[f"{path}_gflops"] = flops / 1e9 / summary[f"{path}_step_s"]
+    summary["flop_ratio"] = summary["reference_gflop_per_step"] / summary["fast_gflop_per_step"]
     return summary
 
 
