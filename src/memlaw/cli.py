@@ -57,6 +57,7 @@ DeviceOption = typer.Option("cpu", "--device", help="cpu or cuda.")
 RemoteCodeOption = typer.Option(
     False, "--trust-remote-code", help="Allow a Hub model's own code to run (off by default)."
 )
+DbOption = typer.Option(Path("sweep.db"), "--db", help="Sweep database (SQLite).")
 TauOption = typer.Option(0.5, "--tau", help="Recall boundary: a token is certified when p > tau.")
 
 
@@ -531,7 +532,7 @@ def _sweep_metadata(store) -> dict:
 
 @app.command("fit")
 def fit_command(
-    db: Path = typer.Option(Path("sweep.db"), "--db", help="Sweep database."),
+    db: Path = DbOption,
     out: Path = typer.Option(
         Path("law.json"), "--out", "-o", help="Where to write the fitted law (JSON)."
     ),
@@ -671,7 +672,7 @@ def plan_command(
 
 @app.command("report")
 def report_command(
-    db: Path = typer.Option(Path("sweep.db"), "--db", help="Sweep database."),
+    db: Path = DbOption,
     out: Path = typer.Option(
         Path("report.html"), "--out", "-o", help="The HTML file to write (figures go beside it)."
     ),

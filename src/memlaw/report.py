@@ -7,7 +7,6 @@ import base64
 import html
 import io
 import math
-import os
 import time
 import warnings
 from collections.abc import Callable, Mapping
@@ -147,8 +146,6 @@ def write_sweep_report(
     folder = out_path.with_name(f"{out_path.stem}_figures")
     atomic_write_dir(folder, lambda staging: _save_pngs(staging, figures), overwrite=True)
     atomic_write_text(out_path, page)
-    # The atomic writer's temporary files are private (0600); a report is meant to be shared.
-    os.chmod(out_path, 0o644)
     return out_path
 
 
@@ -319,7 +316,6 @@ def _figure(name: str, title: str, figure: Any, caption: str) -> _Figure:
 
 
 def _save_pngs(folder: Path, figures: list[_Figure]) -> None:
-    folder.chmod(0o755)  # the staging folder is private (mkdtemp); the figures are for sharing
     for figure in figures:
         (folder / figure.name).write_bytes(figure.png)
 

@@ -289,9 +289,16 @@ class Executor(Protocol):
 
 
 def _init_worker(threads: int) -> None:
+    """Each worker gets its share of the cores, and keeps library noise off the terminal."""
+    import warnings
+
     import torch
+    from transformers.utils import logging as hf_logging
 
     torch.set_num_threads(threads)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
 
 
 @dataclass
