@@ -402,3 +402,33 @@ def test_plot_plan_without_measured_rows(tmp_path):
     result = plan(truth_law(), 64, ranks=(1, 2, 4))
     path = plot_plan(result, truth_law(), tmp_path / "plan.png")
     assert path.stat().st_size > 0
+
+
+def test_saturated_rows_are_left_out_of_the_law_but_not_the_boundary():
+    rows = [
+        {
+            "rank": r,
+            "layers": 1,
+            "n_eff": r,
+            "length": n,
+            "method": "sft",
+            "seed": 0,
+            "delta_loss": 2.0 * r**0.35 * n**-0.45 + 0.05,
+            "final_loss": 1.0,
+            "hit_cap": False,
+            "exact_match": 1.0 if r >= 4 else 0.0,
+            "trainable_params": 100 * r,
+        }
+        for r in (1, 2, 4, 8, 16)
+        for n in (100, 200, 400, 800)
+    ]
+    for row in rows:
+        if row["length"] == 100:  # memorized outright: ΔL pinned at the base loss
+            row["final_loss"], row["delta_loss"] = 0.001, 9.0
+    fitted = fit_sweep(rows, metadata={"model": "tiny"}, saturation_loss=0.05, n_bootstrap=0)
+    assert fitted["excluded_saturated"] == 5 and fitted["law"].n_points_ == 15
+    assert fitted["law"].alpha_ == pytest.approx(0.35, abs=1e-3)
+    found = {p["length"]: p["n_eff"] for p in fitted["boundary"]["points"]}
+    assert found[100] == 4
+    unfiltered = fit_sweep(rows, metadata={"model": "tiny"}, n_bootstrap=0)
+    assert unfiltered["excluded_saturated"] == 0 and unfiltered["law"].n_points_ == 20

@@ -545,6 +545,11 @@ def fit_command(
     bootstrap: int = typer.Option(
         200, "--bootstrap", help="Bootstrap resamples for the 95% intervals."
     ),
+    saturation_loss: float = typer.Option(
+        None,
+        "--saturation-loss",
+        help="Leave out points whose final loss fell below this (memorized outright: ΔL ≈ L0 is bounded by the data, not capacity).",
+    ),
 ) -> None:
     """Fit ΔL = C · N_eff^α · ℓ^(−β) + b to a sweep and save the law as JSON.
 
@@ -561,7 +566,11 @@ def fit_command(
         if not rows:
             raise MemlawError(f"the sweep in {db} has no points for method '{method}'")
     fitted = fit_sweep(
-        rows, metadata=_sweep_metadata(store), include_capped=include_capped, n_bootstrap=bootstrap
+        rows,
+        metadata=_sweep_metadata(store),
+        include_capped=include_capped,
+        saturation_loss=saturation_loss,
+        n_bootstrap=bootstrap,
     )
     law = fitted["law"]
     law.save(out)
@@ -581,6 +590,11 @@ def fit_command(
         console.print(
             f"hold-out (largest N_eff and ℓ predicted from the rest): mean relative error "
             f"{holdout['mean_relative_error']:.1%}, max {holdout['max_relative_error']:.1%}"
+        )
+    if fitted["excluded_saturated"]:
+        console.print(
+            f"{fitted['excluded_saturated']} points were memorized outright (final loss < {saturation_loss}) "
+            "and left out of the law"
         )
     if fitted["excluded_capped"]:
         console.print(

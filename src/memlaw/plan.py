@@ -210,10 +210,15 @@ def fit_sweep(
     *,
     metadata: Mapping[str, Any],
     include_capped: bool = False,
+    saturation_loss: float | None = None,
     n_bootstrap: int = 200,
     seed: int = 0,
 ) -> dict[str, Any]:
     """Fit ``MemoryLaw("full")`` on sweep rows, with its checks.
+
+    With ``saturation_loss``, rows whose final loss fell below it are left out of the law (not
+    of the recall boundary): the set is memorized outright, so ΔL ≈ L0 is bounded by the data,
+    not by the adapter's capacity, and would flatten the fitted exponents.
 
     Rows that hit the step cap (not converged, so their ΔL understates capacity) are left out
     unless ``include_capped``; the rows must hold one method. ΔL is averaged over seeds per
@@ -246,6 +251,14 @@ def fit_sweep(
     indexed = [(i, row) for i, row in enumerate(rows) if include_capped or not row["hit_cap"]]
     kept = [row for _, row in indexed]
     excluded = len(rows) - len(kept)
+    if saturation_loss is not None:
+        if any("final_loss" not in row for _, row in indexed):
+            raise MemlawError("saturation_loss needs a final_loss in every row: drop the option")
+        unsaturated = [(i, row) for i, row in indexed if row["final_loss"] >= saturation_loss]
+        saturated = len(indexed) - len(unsaturated)
+        indexed = unsaturated
+    else:
+        saturated = 0
     if not kept:
         raise MemlawError(
             f"all {len(rows)} sweep rows hit the step cap (not converged); rerun with more "
@@ -290,6 +303,8 @@ def fit_sweep(
         "layer_counts": sorted({point.layers for point in points}),
         "include_capped": include_capped,
         "excluded_capped": excluded,
+        "saturation_loss": saturation_loss,
+        "excluded_saturated": saturated,
         BOUNDARY_KEY: boundary,
         HOLDOUT_KEY: _holdout_summary(holdout),
         FORMS_KEY: forms,
@@ -311,6 +326,7 @@ def fit_sweep(
             for p in points
         ],
         "excluded_capped": excluded,
+        "excluded_saturated": saturated,
     }
 
 
