@@ -1,6 +1,7 @@
 """The fast path gives the reference path's results: same losses step after step."""
 
 import pytest
+import torch
 
 from memlaw.adapters import LoraSpec
 from memlaw.data import MemoryItem, encode_items, generate_phonebook
@@ -77,3 +78,15 @@ def test_fallback_when_the_fast_path_disagrees(tiny, monkeypatch):
     monkeypatch.setattr(FastForward, "__call__", off_by_a_bit)
     chosen, note = choose_forward(model, encoded, tokenizer.pad_token_id, 2)
     assert isinstance(chosen, ReferenceForward) and "disagrees" in note
+
+
+def test_hidden_states_beyond_the_memory_limit_live_in_a_mapped_file(tiny, tmp_path, monkeypatch):
+    monkeypatch.setenv("MEMLAW_CACHE", str(tmp_path))
+    model, tokenizer = tiny
+    encoded = encode_items(generate_phonebook(4), tokenizer)
+    in_memory = FastForward(model, encoded, tokenizer.pad_token_id, first_layer=2)
+    on_disk = FastForward(model, encoded, tokenizer.pad_token_id, first_layer=2, memory_limit=1)
+    assert not in_memory.on_disk and on_disk.on_disk
+    assert not list((tmp_path / "hidden-states").iterdir())  # unlinked: no file left behind
+    a, b = in_memory([0, 1, 2, 3]), on_disk([0, 1, 2, 3])
+    assert torch.equal(a.nll, b.nll)

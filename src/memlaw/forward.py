@@ -21,6 +21,8 @@ True
 
 from __future__ import annotations
 
+import os
+import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -65,6 +67,14 @@ class ReferenceForward:
         return BatchLosses(nll, mask, wrong)
 
 
+DEFAULT_MEMORY_LIMIT = 2 * 1024**3  # bytes of cached hidden states kept in memory
+
+
+def default_memory_limit() -> int:
+    """``$MEMLAW_HIDDEN_CACHE_LIMIT`` bytes, else 2 GiB."""
+    return int(os.environ.get("MEMLAW_HIDDEN_CACHE_LIMIT", DEFAULT_MEMORY_LIMIT))
+
+
 class _StopForward(Exception):
     """Raised by the caching hook: nothing above layer k is needed while caching."""
 
@@ -79,13 +89,18 @@ class FastForward:
 
     name = "fast"
 
-    def __init__(self, model, encoded: list[EncodedItem], pad_token_id: int, first_layer: int):
-        self.model, self.encoded, self.pad, self.first_layer = (
-            model,
-            encoded,
-            pad_token_id,
-            first_layer,
-        )
+    def __init__(
+        self,
+        model,
+        encoded: list[EncodedItem],
+        pad_token_id: int,
+        first_layer: int,
+        memory_limit: int | None = None,
+    ):
+        self.model, self.encoded, self.pad = model, encoded, pad_token_id
+        self.first_layer = first_layer
+        self.memory_limit = memory_limit if memory_limit is not None else default_memory_limit()
+        self.on_disk = False
         inner = model.get_base_model() if hasattr(model, "get_base_model") else model
         self.body = inner.get_decoder()
         self.lm_head = inner.get_output_embeddings()
@@ -103,7 +118,8 @@ class FastForward:
             raise _StopForward
 
         handle = self.layers[k].register_forward_pre_hook(grab, with_kwargs=True)
-        states = []
+        buffer = self._buffer(sum(len(item.input_ids) for item in self.encoded))
+        states, offset = [], 0
         try:
             for start in range(0, len(self.encoded), batch_size):
                 chunk = self.encoded[start : start + batch_size]
@@ -118,10 +134,36 @@ class FastForward:
                 except _StopForward:
                     pass
                 for row, item in enumerate(chunk):
-                    states.append(captured[0][row, : len(item.input_ids)].detach().clone())
+                    length = len(item.input_ids)
+                    state = buffer[offset : offset + length]
+                    state.copy_(captured[0][row, :length])
+                    states.append(state)
+                    offset += length
         finally:
             handle.remove()
         return states
+
+    def _buffer(self, tokens: int) -> torch.Tensor:
+        """One (tokens × hidden) buffer for the whole set: in memory up to ``memory_limit``
+        bytes, beyond it in a memory-mapped file (pages in and out as steps need them), so a
+        million target tokens still train on a 24 GiB machine."""
+        config = self.body.config
+        dtype = next(self.model.parameters()).dtype
+        size = tokens * config.hidden_size
+        if size * dtype.itemsize <= self.memory_limit:
+            return torch.empty((tokens, config.hidden_size), dtype=dtype, device=self.device)
+        from memlaw.models import cache_dir
+
+        folder = cache_dir() / "hidden-states"
+        folder.mkdir(parents=True, exist_ok=True)
+        handle, path = tempfile.mkstemp(prefix="states-", suffix=".bin", dir=folder)
+        os.close(handle)
+        try:
+            flat = torch.from_file(path, shared=True, size=size, dtype=dtype)
+        finally:
+            os.unlink(path)  # the mapping outlives the name: nothing is left behind on exit
+        self.on_disk = True
+        return flat.view(tokens, config.hidden_size)
 
     @contextmanager
     def _upper_layers(self):
@@ -136,7 +178,11 @@ class FastForward:
     def __call__(self, rows: list[int]) -> BatchLosses:
         items = [self.encoded[i] for i in rows]
         width = max(len(item.input_ids) for item in items)
-        hidden = self.cache[rows[0]].new_zeros((len(rows), width, self.cache[rows[0]].shape[-1]))
+        hidden = torch.zeros(
+            (len(rows), width, self.cache[rows[0]].shape[-1]),
+            dtype=self.cache[rows[0]].dtype,
+            device=self.device,
+        )
         attention_mask = torch.zeros((len(rows), width), dtype=torch.long, device=self.device)
         row_index, column_index, targets = [], [], []
         for row, (i, item) in enumerate(zip(rows, items, strict=True)):
