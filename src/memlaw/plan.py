@@ -240,7 +240,7 @@ def fit_sweep(
     >>> round(fitted["law"].alpha_, 3), fitted["excluded_capped"]
     (0.35, 0)
     >>> sorted(fitted["law"].metadata_)[:4]
-    ['excluded_capped', 'forms', 'holdout', 'include_capped']
+    ['excluded_capped', 'excluded_saturated', 'forms', 'holdout']
     """
     if not isinstance(metadata, Mapping):
         raise MemlawError(
