@@ -37,7 +37,7 @@ REFERENCE_GRID := --model smollm2-135m --data random --ranks 1,2,4,8,16 --length
 	--max-steps 250 --plateau-window 25 --plateau-tolerance 0.01 --workers 2
 reference-law: install
 	$(BIN)/memlaw sweep $(REFERENCE_GRID) --db laws/smollm2-135m.db
-	$(BIN)/memlaw fit --db laws/smollm2-135m.db --saturation-loss 0.05 --out src/memlaw/laws/smollm2-135m.json
+	$(BIN)/memlaw fit --db laws/smollm2-135m.db --saturation-loss 0.05 --include-capped --out src/memlaw/laws/smollm2-135m.json
 	cp src/memlaw/laws/smollm2-135m.json src/memlaw/laws/smollm2-135m.fit.json laws/
 	$(BIN)/memlaw report --db laws/smollm2-135m.db --law laws/smollm2-135m.json \
 		--out laws/smollm2-135m-report.html

@@ -208,7 +208,7 @@ def _fit_for_report(rows: list[dict], spec: SweepSpec, law: Any, extras: dict) -
         boundary=extras.get("boundary"),
         excluded_capped=extras.get("excluded_capped"),
     )
-    converged = _law_points([row for row in rows if not row["hit_cap"]])
+    converged = _law_points(_rows_for_law(rows, law, fit.notes))
     if not converged:
         fit.notes.append(
             f"All {len(rows)} points hit the step cap, so none of them measures capacity: no "
@@ -235,6 +235,34 @@ def _fit_for_report(rows: list[dict], spec: SweepSpec, law: Any, extras: dict) -
     if fit.law is not None:
         fit.r2_converged = _attempt("scoring the law", fit.notes, lambda: fit.law.score(converged))
     return fit
+
+
+def _rows_for_law(rows: list[dict], law: Any, notes: list[str]) -> list[dict]:
+    """The rows the law was (or will be) fitted on, so its checks and R² use the same points:
+    plateaued ones by default; a given law's own choice (capped points kept, points memorized
+    outright left out) where its metadata records one."""
+    metadata = getattr(law, "metadata_", None) or {}
+    include_capped = bool(metadata.get("include_capped"))
+    saturation = metadata.get("saturation_loss")
+    chosen = [
+        row
+        for row in rows
+        if (include_capped or not row["hit_cap"])
+        and (saturation is None or row["final_loss"] >= saturation)
+    ]
+    if include_capped or saturation is not None:
+        notes.append(
+            f"The law was fitted on {len(chosen)} of {len(rows)} points"
+            + ("; points that hit the step cap were kept" if include_capped else "")
+            + (
+                f"; points memorized outright (final loss < {saturation}) were left out: their "
+                "ΔL ≈ L0 is bounded by the data, not by the adapter"
+                if saturation is not None
+                else ""
+            )
+            + ". Its checks below use the same points."
+        )
+    return chosen
 
 
 def _attempt(what: str, notes: list[str], compute: Callable[[], Any]) -> Any:
@@ -532,11 +560,11 @@ def _predicted_vs_measured(rows: list[dict], fit: _Fit) -> tuple[Any, str]:
     axes.set_xlabel("measured ΔL (nats per target token)")
     axes.set_ylabel("predicted ΔL")
     r2 = "n/a" if fit.r2_converged is None else f"{fit.r2_converged:.4f}"
-    axes.set_title(f"predicted vs measured — R² = {r2} (points that plateaued)", fontsize=10)
+    axes.set_title(f"predicted vs measured — R² = {r2} (points it was fitted on)", fontsize=10)
     axes.grid(True, alpha=0.3)
     _legend(axes, law=False, capped=any(row["hit_cap"] for row in shown))
     caption = (
-        f"The law against every point; R² = {r2} on the points that plateaued. Points at the "
+        f"The law against every point; R² = {r2} on the points it was fitted on. Points at the "
         "step cap (hollow) are not fitted; they fell short of capacity, so they sit above the line."
         + _hidden_note(len(rows) - len(shown))
     )
@@ -875,7 +903,9 @@ def _law_summary(fit: _Fit) -> str:
     ]
     if fit.r2_converged is not None and (r2 is None or abs(r2 - fit.r2_converged) > 1e-9):
         # A law fitted elsewhere (other points, capped ones included): its score on this sweep.
-        stats.insert(2, ("R² on this sweep's points that plateaued", _number(fit.r2_converged, 4)))
+        stats.insert(
+            2, ("R² on this sweep's points it was fitted on", _number(fit.r2_converged, 4))
+        )
     if getattr(law, "dropped_", 0):
         stats.append(("left out for ΔL ≤ 0", str(law.dropped_)))
     if fit.excluded_capped is not None:
