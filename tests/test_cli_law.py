@@ -170,3 +170,28 @@ def test_law_for_another_model(tmp_path, capsys, monkeypatch):
     assert "ships no law" in one_line_error(
         capsys, monkeypatch, "plan", "-m", "tiny", "--length", 100
     )
+
+
+def test_the_shipped_reference_law_plans_for_the_default_model(tmp_path, capsys, monkeypatch):
+    from memlaw.cli import reference_law_path
+
+    shipped = reference_law_path("smollm2-135m")
+    copy = Path(__file__).resolve().parents[1] / "laws" / "smollm2-135m.json"
+    assert shipped.read_text() == copy.read_text()  # laws/ holds the same law as the package
+    law = MemoryLaw.load(shipped)
+    assert law.metadata_["model"] == "smollm2-135m" and law.alpha_ > 0 and law.beta_ > 0
+    code, out, err = memlaw(
+        capsys,
+        monkeypatch,
+        "plan",
+        "--length",
+        1000,
+        "--rank",
+        4,
+        "--png",
+        tmp_path / "plan.png",
+        "--json",
+    )
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["current"]["rank"] == 4 and (tmp_path / "plan.png").is_file()
