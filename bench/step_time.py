@@ -121,11 +121,14 @@ def main() -> None:
     print(
         f"float32 matmul: {result['matmul_gflops']:.1f} GFLOP/s, {result['machine']['threads']} threads"
     )
-    print("| case | tokens/step | reference s/step | fast s/step | speed-up |")
-    print("|---|---|---|---|---|")
+    print(
+        "| case | tokens/step | reference s/step | fast s/step | speed-up | FLOP ratio | reference GFLOP/s | fast GFLOP/s |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
     for c in cases:
         print(
-            f"| {c['case']} | {c['tokens_per_step']} | {c['reference_step_s']:.3f} | {c['fast_step_s']:.3f} | {c['speedup']:.2f}x |"
+            f"| {c['case']} | {c['tokens_per_step']} | {c['reference_step_s']:.3f} | {c['fast_step_s']:.3f} "
+            f"| {c['speedup']:.2f}x | {c['flop_ratio']:.2f}x | {c['reference_gflops']:.0f} | {c['fast_gflops']:.0f} |"
         )
 
 
