@@ -86,6 +86,33 @@ def test_train_reads_a_data_file(tmp_path, capsys, monkeypatch):
     assert code == 0 and "memorization runs" in stdout
     record = json.loads((tmp_path / "r" / "record.json").read_text())
     assert record["n_eff"] == 8 and record["length"] == len("Quallport")
+    assert record["config"]["forward"] == "fast path from layer 0"
+
+    code, _, _ = memlaw(
+        capsys,
+        monkeypatch,
+        "train",
+        "-m",
+        "tiny",
+        "-d",
+        data,
+        "--steps",
+        3,
+        "--method",
+        "sft",
+        "-o",
+        tmp_path / "ref",
+        "--layers",
+        "0,1",
+        "--modules",
+        "attn",
+        "--reference-path",
+    )
+    reference = json.loads((tmp_path / "ref" / "record.json").read_text())
+    assert code == 0 and reference["config"]["forward"] == "reference path requested"
+    assert [e["loss"] for e in reference["log"]] == pytest.approx(
+        [e["loss"] for e in record["log"]], rel=1e-4
+    )
 
 
 def bad(tmp_path):

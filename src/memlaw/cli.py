@@ -213,6 +213,11 @@ def train_command(
     position_decay: float = typer.Option(
         None, "--position-decay", help="MemFT-OT position weighting lambda (e.g. 2)."
     ),
+    fast_path: bool = typer.Option(
+        True,
+        "--fast-path/--reference-path",
+        help="Cache the frozen layers below the adapter (checked against the plain PEFT path, which is the fallback).",
+    ),
     out: Path = typer.Option(
         Path("memlaw-run"), "--out", "-o", help="Output folder for the adapter and record.json."
     ),
@@ -242,6 +247,7 @@ def train_command(
         stop_when_certified=early_stop,
         fallback=fallback,
         position_decay=position_decay,
+        fast_path=fast_path,
     )
     config.validate()
     if out.exists() and not overwrite:
