@@ -179,3 +179,15 @@ def test_failed_save_leaves_nothing_behind(tmp_path, monkeypatch):
 def test_bad_training_configs(config, message):
     with pytest.raises(MemlawError, match=message):
         config.validate()
+
+
+def test_memft_margin_trains_above_the_boundary_and_certifies_at_it():
+    plain = run(method="memft-ot", steps=150)
+    margin = run(method="memft-ot", steps=150, train_tau=0.9)
+    assert margin.stop_reason == "certified" and margin.report.certified_share == 1.0
+    # with the margin, tokens between p = 0.5 and 0.9 still get gradient
+    for entry in margin.log:
+        assert entry.active_tokens >= (1 - entry.above_share) * 40 - 1e-6
+    assert [e.loss for e in plain.log] != [e.loss for e in margin.log]
+    with pytest.raises(MemlawError, match="train tau"):
+        TrainConfig(train_tau=0.3).validate()

@@ -202,6 +202,11 @@ def train_command(
     grad_clip: float = typer.Option(1.0, "--grad-clip", help="Gradient norm clipping."),
     seed: int = typer.Option(0, "--seed", help="Seed: same seed, same losses."),
     tau: float = TauOption,
+    train_tau: float = typer.Option(
+        None,
+        "--train-tau",
+        help="MemFT margin: keep training a token while p < this (e.g. 0.8); certify at --tau.",
+    ),
     early_stop: bool = typer.Option(
         True, "--early-stop/--no-early-stop", help="Stop when every target token has p > tau."
     ),
@@ -248,6 +253,7 @@ def train_command(
         fallback=fallback,
         position_decay=position_decay,
         fast_path=fast_path,
+        train_tau=train_tau,
     )
     config.validate()
     if out.exists() and not overwrite:

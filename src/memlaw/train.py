@@ -51,6 +51,10 @@ class TrainConfig:
     weight_decay: float = 0.0
     seed: int = 0
     tau: float = O.DEFAULT_TAU
+    # MemFT trains a token while p < train_tau (default: tau) and certifies at tau; a margin
+    # (e.g. 0.8) keeps pushing tokens that sit just above the boundary instead of letting
+    # them slide back below it.
+    train_tau: float | None = None
     stop_when_certified: bool = True
     fallback: str = "skip"  # MemFT-OT with no token below the boundary: skip | mean
     position_decay: float | None = None  # MemFT-OT position weighting λ (e.g. 2.0)
@@ -76,6 +80,8 @@ class TrainConfig:
             )
         if not 0.0 < self.tau < 1.0:
             raise MemlawError(f"tau must be within (0, 1), got {self.tau}")
+        if self.train_tau is not None and not self.tau <= self.train_tau < 1.0:
+            raise MemlawError(f"train tau must be within [tau, 1), got {self.train_tau}")
         if self.plateau_window is not None and self.plateau_window <= 0:
             raise MemlawError(f"plateau window must be positive, got {self.plateau_window}")
         if self.fallback not in ("skip", "mean"):
@@ -89,7 +95,9 @@ class StepLog:
     step: int
     loss: float  # plain mean cross-entropy of the batch's target tokens (SFT's loss)
     objective: float  # the loss actually back-propagated
-    active_tokens: int  # supervised tokens below the boundary (p < tau)
+    active_tokens: (
+        int  # supervised tokens MemFT trains: p < train_tau (the boundary tau by default)
+    )
     above_share: float  # share of supervised tokens already above it: budget spent on them by SFT
     certified_items: int  # items of the batch whose every target token has p > tau
     skipped: bool  # no update: MemFT had nothing below the boundary
@@ -156,6 +164,8 @@ def train(
     method = resolve_method(config.method, encoded)
     pad = tokenizer.pad_token_id
     threshold = O.loss_threshold(config.tau)
+    train_tau = config.train_tau or config.tau
+    train_threshold = O.loss_threshold(train_tau)
     full_batch = config.batch_size <= 0 or config.batch_size >= len(encoded)
     batch_size = len(encoded) if full_batch else config.batch_size
     batches_per_epoch = math.ceil(len(encoded) / batch_size)
@@ -226,17 +236,17 @@ def train(
             objective = O.memft_ot_loss(
                 nll,
                 mask,
-                tau=config.tau,
+                tau=train_tau,
                 fallback=config.fallback,
                 position_decay=config.position_decay,
             )
         else:  # memft-sw-window
             row_index = torch.tensor(rows)
             objective, part = O.memft_sw_loss(
-                nll, mask, losses.wrong, window_state.select(row_index), tau=config.tau
+                nll, mask, losses.wrong, window_state.select(row_index), tau=train_tau
             )
             window_state = window_state.update(row_index, part)
-        active = int((mask & (nll.detach() > threshold)).sum())
+        active = int((mask & (nll.detach() > train_threshold)).sum())
         skipped = (
             method in ("memft-ot", "memft-sw-curriculum")
             and active == 0
