@@ -148,6 +148,10 @@ def test_sweep_refuses_another_configuration_and_bad_grids(tmp_path, capsys, mon
         capsys, monkeypatch, "sweep", "-m", "tiny", "--db", tmp_path / "n.db", "--lengths", "-4"
     )
     assert "--lengths must be positive integers" in err
+    err = one_line_error(
+        capsys, monkeypatch, "sweep", "-m", "tiny", "--db", tmp_path / "n.db", "--seeds", "a"
+    )
+    assert "--seeds must be comma-separated integers" in err
 
 
 def test_law_for_another_model(tmp_path, capsys, monkeypatch):

@@ -119,12 +119,21 @@ def memory_set(model, tokenizer, data_path, generate, length, data_seed, chat_te
 def _check_lora_args(rank: int, layers: str | None) -> tuple[int, ...]:
     if rank <= 0:
         raise MemlawError(f"--rank must be a positive integer, got {rank}")
-    if not layers:
-        return ()
+    return _int_list(layers, "--layers", minimum=None) if layers else ()
+
+
+def _int_list(text: str, option: str, minimum: int | None = 1) -> tuple[int, ...]:
+    """Comma-separated integers from an option, each at least ``minimum`` (None: any)."""
     try:
-        return tuple(int(x) for x in layers.split(",") if x.strip())
+        values = tuple(int(x) for x in text.split(",") if x.strip())
     except ValueError:
-        raise MemlawError(f"--layers must be comma-separated integers, got '{layers}'") from None
+        raise MemlawError(f"{option} must be comma-separated integers, got '{text}'") from None
+    if not values:
+        raise MemlawError(f"{option} needs at least one integer, got '{text}'")
+    if minimum is not None and any(v < minimum for v in values):
+        wanted = "positive integers" if minimum == 1 else f"integers ≥ {minimum}"
+        raise MemlawError(f"{option} must be {wanted}, got '{text}'")
+    return values
 
 
 def _progress() -> Progress:
@@ -431,16 +440,6 @@ def demo_command(
     console.print(f"adapters, records and the plot are in [bold]{out}[/bold] (plot: {plot})")
 
 
-def _int_list(text: str, option: str) -> tuple[int, ...]:
-    try:
-        values = tuple(int(x) for x in text.split(",") if x.strip())
-    except ValueError:
-        raise MemlawError(f"{option} must be comma-separated integers, got '{text}'") from None
-    if not values or any(v <= 0 for v in values):
-        raise MemlawError(f"{option} must be positive integers, got '{text}'")
-    return values
-
-
 @app.command("sweep")
 def sweep_command(
     model: str = ModelOption,
@@ -489,7 +488,6 @@ def sweep_command(
     unknown = [m for m in method_list if m not in METHODS]
     if unknown:
         raise MemlawError(f"unknown method(s) {', '.join(unknown)}: use {', '.join(METHODS)}")
-    seed_list = tuple(int(x) for x in seeds.split(",") if x.strip()) if seeds.strip() else (0,)
     if workers <= 0:
         raise MemlawError(f"--workers must be positive, got {workers}")
     spec = SweepSpec(
@@ -499,7 +497,7 @@ def sweep_command(
         lengths=_int_list(lengths, "--lengths"),
         layer_counts=_int_list(layer_counts, "--layer-counts"),
         methods=method_list,
-        seeds=seed_list,
+        seeds=_int_list(seeds, "--seeds", minimum=0),
         modules=modules,
         lr=lr,
         max_steps=max_steps,
