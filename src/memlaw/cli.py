@@ -122,6 +122,51 @@ def _check_lora_args(rank: int, layers: str | None) -> tuple[int, ...]:
     return _int_list(layers, "--layers", minimum=None) if layers else ()
 
 
+@app.command("audit")
+def audit_command(
+    model: str = ModelOption,
+    adapter: Path = typer.Option(None, "--adapter", "-a", help="A PEFT adapter folder to audit."),
+    data: Path = DataOption,
+    generate: str = GenerateOption,
+    length: int = LengthOption,
+    data_seed: int = DataSeedOption,
+    chat_template: bool = ChatOption,
+    tau: float = TauOption,
+    as_json: bool = typer.Option(False, "--json", help="Print the audit as JSON."),
+    dtype: str = DtypeOption,
+    device: str = DeviceOption,
+    trust_remote_code: bool = RemoteCodeOption,
+) -> None:
+    """How much of a standard SFT step goes to tokens already memorized (p > tau).
+
+    Example: memlaw audit --adapter run1 --data facts.jsonl
+    """
+    from memlaw.adapters import load_adapter
+    from memlaw.audit import audit
+
+    if not 0.0 < tau < 1.0:
+        raise MemlawError(f"--tau must be within (0, 1), got {tau}")
+    base, tokenizer = load(model, dtype, device, trust_remote_code)
+    encoded = memory_set(base, tokenizer, data, generate, length, data_seed, chat_template)
+    target = load_adapter(base, str(adapter)) if adapter else base
+    with console.status("auditing…"):
+        report = audit(target, tokenizer, encoded, tau=tau)
+    if as_json:
+        print(json.dumps(report.to_dict(), indent=2))
+        return
+    table = Table(title=f"budget audit (tau = {tau:g}, {report.tokens} target tokens)")
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    table.add_row("tokens already above the boundary", _pct(report.above_share))
+    table.add_row("SFT loss mass on them", _pct(report.loss_mass_above))
+    table.add_row("SFT gradient mass on them", _pct(report.gradient_mass_above))
+    table.add_row("certified share (items)", _pct(report.certified_share))
+    table.add_row("exact match (items)", _pct(report.exact_match))
+    table.add_row("stubborn tokens", str(report.stubborn_tokens))
+    console.print(table)
+    console.print(f"recommendation: {report.recommendation}")
+
+
 def _int_list(text: str, option: str, minimum: int | None = 1) -> tuple[int, ...]:
     """Comma-separated integers from an option, each at least ``minimum`` (None: any)."""
     try:

@@ -1,0 +1,115 @@
+"""Budget audit: how much of a standard SFT step goes to tokens that are already memorized.
+
+For each supervised token, SFT spends loss ℓ_t = −ln p_t and a gradient at the logits of norm
+‖softmax − onehot‖₂. Tokens with p > τ are already reproduced by greedy decoding; whatever
+share of the loss and gradient mass lands on them is budget that does not move recall.
+
+>>> from memlaw.models import load_model
+>>> from memlaw.data import generate_phonebook, encode_items
+>>> model, tokenizer = load_model("tiny")
+>>> report = audit(model, tokenizer, encode_items(generate_phonebook(2), tokenizer))
+>>> report.tokens, report.above_share
+(20, 0.0)
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+
+from memlaw.data import EncodedItem, collate
+from memlaw.objectives import DEFAULT_TAU, loss_threshold, token_nll
+from memlaw.probe import EVAL_BATCH, probe
+
+
+@dataclass
+class AuditReport:
+    """Where a standard SFT step's budget goes, and what to do about it."""
+
+    tau: float
+    tokens: int
+    above_share: float  # share of supervised tokens already above the boundary (p > tau)
+    loss_mass_above: float  # share of SFT's summed loss on those tokens
+    gradient_mass_above: float  # share of SFT's summed logit-gradient norm on those tokens
+    certified_share: float
+    exact_match: float | None
+    stubborn_tokens: int
+    recommendation: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@torch.no_grad()
+def token_budget(
+    model, encoded: list[EncodedItem], pad_token_id: int, tau: float = DEFAULT_TAU
+) -> tuple[int, int, float, float, float, float]:
+    """(tokens, tokens above τ, loss mass, loss mass above, gradient mass, gradient mass above)."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    threshold = loss_threshold(tau)
+    totals = [0, 0, 0.0, 0.0, 0.0, 0.0]
+    try:
+        for start in range(0, len(encoded), EVAL_BATCH):
+            batch = {
+                k: v.to(device)
+                for k, v in collate(encoded[start : start + EVAL_BATCH], pad_token_id).items()
+            }
+            logits = model(
+                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+            ).logits
+            nll, mask = token_nll(logits, batch["labels"])
+            probabilities = logits[:, :-1].float().softmax(-1)[mask]
+            targets = batch["labels"][:, 1:][mask]
+            # d ℓ / d logits = softmax − onehot(target): its norm is the gradient SFT sends back
+            probabilities[torch.arange(len(targets)), targets] -= 1.0
+            gradient = probabilities.norm(dim=-1)
+            losses = nll[mask]
+            above = losses < threshold
+            totals[0] += int(mask.sum())
+            totals[1] += int(above.sum())
+            totals[2] += float(losses.sum())
+            totals[3] += float(losses[above].sum())
+            totals[4] += float(gradient.sum())
+            totals[5] += float(gradient[above].sum())
+    finally:
+        model.train(was_training)
+    return tuple(totals)
+
+
+def audit(model, tokenizer, encoded: list[EncodedItem], *, tau: float = DEFAULT_TAU) -> AuditReport:
+    """Audit a model (+ adapter) on a memory set: the SFT budget spent on memorized tokens,
+    certified share, stubborn tokens, and a recommendation."""
+    tokens, above, loss, loss_above, gradient, gradient_above = token_budget(
+        model, encoded, tokenizer.pad_token_id, tau
+    )
+    report = probe(model, tokenizer, encoded, tau=tau)
+    above_share = above / tokens
+    gradient_share = gradient_above / gradient if gradient > 0 else 0.0
+    if report.certified_share == 1.0:
+        advice = (
+            "certified: every target token has p > tau, greedy recall is guaranteed; stop training"
+        )
+    elif above_share >= 0.25:
+        advice = (
+            f"train with MemFT: {above_share:.0%} of the tokens are already above the boundary, and "
+            f"an SFT step would spend {gradient_share:.0%} of its gradient on them; MemFT skips them"
+        )
+    else:
+        advice = (
+            f"most tokens are still below the boundary ({1 - above_share:.0%}): train longer, or "
+            "raise the rank (memlaw plan shows what each doubling gains)"
+        )
+    return AuditReport(
+        tau=tau,
+        tokens=tokens,
+        above_share=above_share,
+        loss_mass_above=loss_above / loss if loss > 0 else 0.0,
+        gradient_mass_above=gradient_share,
+        certified_share=report.certified_share,
+        exact_match=report.exact_match,
+        stubborn_tokens=len(report.stubborn),
+        recommendation=advice,
+    )

@@ -1,0 +1,78 @@
+import json
+import math
+
+import pytest
+import torch
+
+from memlaw.adapters import LoraSpec
+from memlaw.audit import audit, token_budget
+from memlaw.data import encode_items, generate_phonebook
+from memlaw.models import load_model
+from memlaw.probe import teacher_forced
+from memlaw.train import TrainConfig, save_run, train
+from tests.test_cli import memlaw
+
+
+def test_budget_shares_match_the_token_probabilities():
+    model, tokenizer = load_model("tiny")
+    encoded = encode_items(generate_phonebook(4, seed=1), tokenizer)
+    run = train(
+        model, tokenizer, encoded, LoraSpec(rank=8), TrainConfig(steps=15), final_probe=False
+    )
+    tokens, above, loss, loss_above, gradient, gradient_above = token_budget(
+        run.model, encoded, tokenizer.pad_token_id
+    )
+    nll = [x for s in teacher_forced(run.model, encoded, tokenizer.pad_token_id) for x in s.nll]
+    assert tokens == len(nll) == 40
+    assert above == sum(x < math.log(2) for x in nll)
+    assert loss == pytest.approx(sum(nll), rel=1e-5)
+    assert loss_above == pytest.approx(sum(x for x in nll if x < math.log(2)), rel=1e-5, abs=1e-6)
+    # a token's logit-gradient norm is at least 1 - p and at most sqrt(2)(1 - p)
+    for value, total in ((gradient_above, above), (gradient - gradient_above, tokens - above)):
+        assert 0 <= value <= math.sqrt(2) * total
+
+
+def test_one_token_gradient_norm_by_hand():
+    # logits (0, ln 3) over 2 tokens, target 1: p = (1/4, 3/4); gradient (1/4, -1/4)
+    from memlaw.data import EncodedItem
+
+    class Fixed(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.zeros(1))
+
+        def forward(self, input_ids, attention_mask):
+            logits = torch.tensor([[[0.0, math.log(3)], [0.0, 0.0]]])
+            return type("Out", (), {"logits": logits})
+
+    result = token_budget(Fixed(), [EncodedItem((0,), (1,))], pad_token_id=0)
+    assert result[:2] == (1, 1)
+    assert result[4] == pytest.approx(math.sqrt(2) / 4)
+
+
+def test_sft_wastes_budget_once_tokens_are_memorized(tmp_path, capsys, monkeypatch):
+    model, tokenizer = load_model("tiny")
+    encoded = encode_items(generate_phonebook(4, seed=1), tokenizer)
+    early = audit(model, tokenizer, encoded)
+    assert early.above_share == 0.0 and early.gradient_mass_above == 0.0
+    run = train(model, tokenizer, encoded, LoraSpec(rank=8), TrainConfig(steps=150))
+    late = audit(run.model, tokenizer, encoded)
+    assert late.above_share == 1.0 and late.certified_share == 1.0
+    assert "certified" in late.recommendation
+    save_run(run, tmp_path / "run")
+    code, out, err = memlaw(
+        capsys,
+        monkeypatch,
+        "audit",
+        "-m",
+        "tiny",
+        "-a",
+        tmp_path / "run",
+        "-g",
+        "phonebook:4",
+        "--data-seed",
+        1,
+        "--json",
+    )
+    assert code == 0, err
+    assert json.loads(out)["above_share"] == 1.0
