@@ -116,6 +116,31 @@ def memory_set(model, tokenizer, data_path, generate, length, data_seed, chat_te
     )
 
 
+def adapted_model_and_data(
+    model,
+    adapter,
+    data,
+    generate,
+    length,
+    data_seed,
+    chat_template,
+    tau,
+    dtype,
+    device,
+    trust_remote_code,
+):
+    """The model (with its adapter, if any), tokenizer and encoded memory set that probe and
+    audit look at; a bad --tau fails before anything loads."""
+    from memlaw.adapters import load_adapter
+
+    if not 0.0 < tau < 1.0:
+        raise MemlawError(f"--tau must be within (0, 1), got {tau}")
+    base, tokenizer = load(model, dtype, device, trust_remote_code)
+    encoded = memory_set(base, tokenizer, data, generate, length, data_seed, chat_template)
+    target = load_adapter(base, str(adapter)) if adapter else base
+    return target, tokenizer, encoded
+
+
 def _check_lora_args(rank: int, layers: str | None) -> tuple[int, ...]:
     if rank <= 0:
         raise MemlawError(f"--rank must be a positive integer, got {rank}")
@@ -141,14 +166,21 @@ def audit_command(
 
     Example: memlaw audit --adapter run1 --data facts.jsonl
     """
-    from memlaw.adapters import load_adapter
     from memlaw.audit import audit
 
-    if not 0.0 < tau < 1.0:
-        raise MemlawError(f"--tau must be within (0, 1), got {tau}")
-    base, tokenizer = load(model, dtype, device, trust_remote_code)
-    encoded = memory_set(base, tokenizer, data, generate, length, data_seed, chat_template)
-    target = load_adapter(base, str(adapter)) if adapter else base
+    target, tokenizer, encoded = adapted_model_and_data(
+        model,
+        adapter,
+        data,
+        generate,
+        length,
+        data_seed,
+        chat_template,
+        tau,
+        dtype,
+        device,
+        trust_remote_code,
+    )
     with console.status("auditing…"):
         report = audit(target, tokenizer, encoded, tau=tau)
     if as_json:
@@ -391,14 +423,21 @@ def probe_command(
 
     Example: memlaw probe --adapter run1 --generate phonebook:16
     """
-    from memlaw.adapters import load_adapter
     from memlaw.probe import probe
 
-    if not 0.0 < tau < 1.0:
-        raise MemlawError(f"--tau must be within (0, 1), got {tau}")
-    base, tokenizer = load(model, dtype, device, trust_remote_code)
-    encoded = memory_set(base, tokenizer, data, generate, length, data_seed, chat_template)
-    target = load_adapter(base, str(adapter)) if adapter else base
+    target, tokenizer, encoded = adapted_model_and_data(
+        model,
+        adapter,
+        data,
+        generate,
+        length,
+        data_seed,
+        chat_template,
+        tau,
+        dtype,
+        device,
+        trust_remote_code,
+    )
     with console.status("probing…"):
         report = probe(target, tokenizer, encoded, tau=tau, generate=greedy)
     if as_json:
