@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import platform
 import resource
 import statistics
 import time
+from concurrent.futures import ProcessPoolExecutor
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -84,6 +87,35 @@ def time_case(label: str, make_items, steps: int, rank: int) -> dict:
     return summary
 
 
+def peak_rss_of_run(fast: bool, make_items, steps: int, rank: int) -> float:
+    """Peak RSS (MiB) of a process that loads the model and trains ``steps`` steps on one path."""
+    model, tokenizer = load_model("smollm2-135m")
+    encoded = encode_items(make_items(tokenizer), tokenizer)
+    config = TrainConfig(steps=steps, stop_when_certified=False, fast_path=fast, method="sft")
+    train(model, tokenizer, encoded, LoraSpec(rank=rank), config, final_probe=False)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def phonebook_items(entries: int, tokenizer):
+    return generate_phonebook(entries)
+
+
+def random_items(length: int, tokenizer):
+    return generate_random_tokens(tokenizer, length)
+
+
+def peak_rss(make_items, steps: int, rank: int) -> dict:
+    """Each path in its own fresh process, so one path's memory cannot hide the other's."""
+    out = {}
+    for path, fast in (("reference", False), ("fast", True)):
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(1, mp_context=context) as pool:
+            out[f"{path}_peak_rss_mib"] = pool.submit(
+                peak_rss_of_run, fast, make_items, steps, rank
+            ).result()
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--entries", type=int, default=24)
@@ -91,20 +123,14 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--rank", type=int, default=1)
     args = parser.parse_args()
-    cases = [
-        time_case(
-            f"phonebook {args.entries} entries",
-            lambda t: generate_phonebook(args.entries),
-            args.steps,
-            args.rank,
-        ),
-        time_case(
-            f"random tokens, one sequence of {args.length}",
-            lambda t: generate_random_tokens(t, args.length),
-            args.steps,
-            args.rank,
-        ),
+    inputs = [
+        (f"phonebook {args.entries} entries", partial(phonebook_items, args.entries)),
+        (f"random tokens, one sequence of {args.length}", partial(random_items, args.length)),
     ]
+    cases = []
+    for label, make_items in inputs:
+        case = time_case(label, make_items, args.steps, args.rank)
+        cases.append(case | peak_rss(make_items, 4, args.rank))
     result = {
         "machine": {
             "platform": platform.platform(),
@@ -112,7 +138,7 @@ def main() -> None:
             "threads": torch.get_num_threads(),
         },
         "matmul_gflops": matmul_gflops(),
-        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "timing_process_peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "settings": vars(args),
         "cases": cases,
     }
@@ -122,13 +148,15 @@ def main() -> None:
         f"float32 matmul: {result['matmul_gflops']:.1f} GFLOP/s, {result['machine']['threads']} threads"
     )
     print(
-        "| case | tokens/step | reference s/step | fast s/step | speed-up | FLOP ratio | reference GFLOP/s | fast GFLOP/s |"
+        "| case | tokens/step | reference s/step | fast s/step | speed-up | FLOP ratio "
+        "| reference GFLOP/s | fast GFLOP/s | reference peak RSS | fast peak RSS |"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for c in cases:
         print(
             f"| {c['case']} | {c['tokens_per_step']} | {c['reference_step_s']:.3f} | {c['fast_step_s']:.3f} "
-            f"| {c['speedup']:.2f}x | {c['flop_ratio']:.2f}x | {c['reference_gflops']:.0f} | {c['fast_gflops']:.0f} |"
+            f"| {c['speedup']:.2f}x | {c['flop_ratio']:.2f}x | {c['reference_gflops']:.0f} | {c['fast_gflops']:.0f} "
+            f"| {c['reference_peak_rss_mib']:.0f} MiB | {c['fast_peak_rss_mib']:.0f} MiB |"
         )
 
 

@@ -595,3 +595,19 @@ def test_curriculum_items_at_least_one_and_rounding():
     assert len(curriculum_items(list(range(7)), 2, boundaries)) == 3  # 40% of 7 = 2.8 → 3
     # Exact multiples are not rounded up by floating error: 60% of 5 = 3.
     assert curriculum_items([0, 1, 2, 3, 4], 4, boundaries) == [0, 1, 2]
+
+
+def test_soft_weights_keep_gradient_just_above_the_boundary_where_ot_has_none():
+    from memlaw.objectives import memft_soft_loss, memft_soft_weights
+
+    nll = torch.tensor([[0.6, 2.0]], requires_grad=True)  # p = 0.55 (above) and p = 0.14
+    mask = torch.ones_like(nll, dtype=torch.bool)
+    weights = memft_soft_weights(nll, mask)
+    assert 0.2 < weights[0, 0] < 0.5 and weights[0, 1] > 0.99
+    memft_soft_loss(nll, mask).backward()
+    soft_grad = nll.grad.clone()
+    nll.grad = None
+    memft_ot_loss(nll, mask).backward()
+    assert soft_grad[0, 0] > 0 and nll.grad[0, 0] == 0
+    expected = (weights * nll.detach()).sum() / weights.sum()
+    assert memft_soft_loss(nll, mask).item() == pytest.approx(expected.item())

@@ -33,7 +33,7 @@ def test_same_seed_same_losses_other_seed_other_losses():
     assert [e.loss for e in a.log] != [e.loss for e in c.log]
 
 
-@pytest.mark.parametrize("method", ["sft", "memft-ot", "memft-sw"])
+@pytest.mark.parametrize("method", ["sft", "memft-ot", "memft-soft", "memft-sw"])
 def test_each_method_memorizes_and_stops_when_certified(method):
     result = run(method=method, steps=150)
     assert result.stop_reason == "certified"
@@ -53,6 +53,8 @@ def test_step_log_counts_tokens_consistently():
         assert entry.skipped == (entry.active_tokens == 0)
         if entry.skipped:
             assert entry.grad_norm is None
+        # p > 0.5 makes a token the argmax, so a certified item is an exact one
+        assert entry.certified_items <= entry.exact_items <= 4
     first = result.log[0]
     assert first.active_tokens == 40 and first.above_share == 0.0
     assert first.objective == pytest.approx(first.loss)  # everything is below the boundary at start
@@ -191,3 +193,30 @@ def test_memft_margin_trains_above_the_boundary_and_certifies_at_it():
     assert [e.loss for e in plain.log] != [e.loss for e in margin.log]
     with pytest.raises(MemlawError, match="train tau"):
         TrainConfig(train_tau=0.3).validate()
+
+
+def test_sft_warmup_then_memft_and_token_probabilities_are_recorded():
+    result = run(
+        method="memft-ot",
+        steps=30,
+        stop_when_certified=False,
+        sft_warmup_steps=10,
+        record_token_probabilities=True,
+    )
+    assert all(e.objective == pytest.approx(e.loss) for e in result.log[:10])  # SFT phase
+    assert not any(e.skipped for e in result.log[:10])
+    # after the switch, MemFT leaves out tokens above the boundary, so the objective differs
+    later = [e for e in result.log[10:] if 0 < e.above_share < 1]
+    assert later and all(e.objective > e.loss for e in later)
+    assert len(result.token_probabilities) == len(result.log)
+    for entry, (rows, probs) in zip(result.log, result.token_probabilities, strict=True):
+        assert rows == [0, 1, 2, 3] and [len(p) for p in probs] == [10] * 4
+        flat = [p for item in probs for p in item]
+        assert sum(-math.log(p) for p in flat) / len(flat) == pytest.approx(entry.loss, rel=1e-4)
+        above = sum(p > 0.5 for p in flat) / len(flat)
+        assert above == pytest.approx(entry.above_share)
+
+
+def test_negative_sft_warmup_is_rejected():
+    with pytest.raises(MemlawError, match="warm-up"):
+        TrainConfig(sft_warmup_steps=-1).validate()

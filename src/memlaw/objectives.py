@@ -110,6 +110,28 @@ def memft_ot_loss(
     return weighted_mean(nll, weights)
 
 
+def memft_soft_weights(
+    nll: torch.Tensor, mask: torch.Tensor, *, tau: float = DEFAULT_TAU, sharpness: float = 10.0
+) -> torch.Tensor:
+    """Soft MemFT weights sigmoid(s·(ℓ_t − θ)) on supervised tokens: ½ at the boundary, → 1
+    far below it, → 0 far above it. A token just above p = τ keeps some gradient instead of
+    none, so it is not left to slide back below the boundary.
+
+    >>> nll = torch.tensor([[0.0, math.log(2), 3.0]])
+    >>> memft_soft_weights(nll, nll >= 0).round(decimals=3)
+    tensor([[0.0010, 0.5000, 1.0000]])
+    """
+    return torch.sigmoid(sharpness * (nll.detach() - loss_threshold(tau))) * mask
+
+
+def memft_soft_loss(
+    nll: torch.Tensor, mask: torch.Tensor, *, tau: float = DEFAULT_TAU, sharpness: float = 10.0
+) -> torch.Tensor:
+    """MemFT with soft weights (the weighting of MemFT-SW, without the window) on many items:
+    Σ w·ℓ / Σ w with w from :func:`memft_soft_weights`."""
+    return weighted_mean(nll, memft_soft_weights(nll, mask, tau=tau, sharpness=sharpness))
+
+
 @dataclass(frozen=True)
 class SlidingWindowState:
     """Per-sequence state of MemFT-SW: the anchor (first wrong target position, −1 when none),
@@ -188,7 +210,7 @@ def memft_sw_weights(
     multiplier exp(−max(t − a, 0)/τ_w) and those beyond get ``floor``; a sequence with no
     wrong position keeps the plain soft weights.
     """
-    soft = torch.sigmoid(sharpness * (nll.detach() - loss_threshold(tau))) * mask
+    soft = memft_soft_weights(nll, mask, tau=tau, sharpness=sharpness)
     t = (mask.cumsum(dim=1) - 1).clamp(min=0).to(nll.dtype)
     anchor = state.anchor.to(nll.dtype).unsqueeze(1)
     inside = t < anchor + window * state.expansion.to(nll.dtype).unsqueeze(1)

@@ -33,7 +33,14 @@ from memlaw.errors import MemlawError
 from memlaw.forward import choose_forward
 from memlaw.probe import ProbeReport, mean_target_loss, probe, teacher_forced
 
-METHODS = ("sft", "memft-ot", "memft-sw", "memft-sw-window", "memft-sw-curriculum")
+METHODS = (
+    "sft",
+    "memft-ot",
+    "memft-soft",
+    "memft-sw",
+    "memft-sw-window",
+    "memft-sw-curriculum",
+)
 
 
 @dataclass(frozen=True)
@@ -59,6 +66,11 @@ class TrainConfig:
     fallback: str = "skip"  # MemFT-OT with no token below the boundary: skip | mean
     position_decay: float | None = None  # MemFT-OT position weighting λ (e.g. 2.0)
     curriculum_boundaries: tuple[int, ...] | None = None  # epochs; default: equal fifths
+    # A schedule from SFT to MemFT: plain SFT for the first steps, then the MemFT objective.
+    sft_warmup_steps: int = 0
+    # Keep every step's per-token probabilities p (TrainResult.token_probabilities), to see
+    # how tokens cross the boundary and whether they slide back.
+    record_token_probabilities: bool = False
     fast_path: bool = True  # cache the frozen layers below the adapter (memlaw.forward)
     # Stop at a plateau: ΔL (base loss minus the mean loss of the last window) grew on the window
     # before by less than this relative tolerance (None: train the whole budget).
@@ -84,6 +96,8 @@ class TrainConfig:
             raise MemlawError(f"train tau must be within [tau, 1), got {self.train_tau}")
         if self.plateau_window is not None and self.plateau_window <= 0:
             raise MemlawError(f"plateau window must be positive, got {self.plateau_window}")
+        if self.sft_warmup_steps < 0:
+            raise MemlawError(f"SFT warm-up steps must be 0 or more, got {self.sft_warmup_steps}")
         if self.fallback not in ("skip", "mean"):
             raise MemlawError(f"fallback must be skip or mean, got '{self.fallback}'")
 
@@ -100,6 +114,7 @@ class StepLog:
     )
     above_share: float  # share of supervised tokens already above it: budget spent on them by SFT
     certified_items: int  # items of the batch whose every target token has p > tau
+    exact_items: int  # items of the batch whose every target token is the argmax (greedy recall)
     skipped: bool  # no update: MemFT had nothing below the boundary
     grad_norm: float | None
     seconds: float
@@ -119,6 +134,9 @@ class TrainResult:
     trainable_params: int
     report: ProbeReport | None = None
     config: dict = field(default_factory=dict)
+    # With record_token_probabilities: per step, (rows trained, p of each supervised token of
+    # each row in target order), measured on the forward pass before the update.
+    token_probabilities: list[tuple[list[int], list[list[float]]]] = field(default_factory=list)
 
     def record(self) -> dict:
         """The JSON record of the run."""
@@ -190,6 +208,7 @@ def train(
     certified_now = [False] * len(encoded)  # per item, from its latest forward pass
     last_good = _snapshot(params)
     log: list[StepLog] = []
+    token_probabilities: list[tuple[list[int], list[list[float]]]] = []
     stop_reason = "budget"
 
     epoch_batches: list[list[int]] = []
@@ -218,6 +237,7 @@ def train(
 
         above = mask & (nll.detach() < threshold)
         item_certified = (above | ~mask).all(dim=1).tolist()
+        item_exact = (~(losses.wrong & mask)).all(dim=1)
         for row, ok in zip(rows, item_certified, strict=False):
             certified_now[row] = ok
         if (
@@ -230,8 +250,17 @@ def train(
             stop_reason = "certified"
             break
 
-        if method == "sft":
+        if config.record_token_probabilities:
+            p = torch.exp(-nll.detach())
+            token_probabilities.append(
+                (list(rows), [p[i][mask[i]].tolist() for i in range(len(rows))])
+            )
+
+        warming_up = step < config.sft_warmup_steps
+        if method == "sft" or warming_up:
             objective = plain
+        elif method == "memft-soft":
+            objective = O.memft_soft_loss(nll, mask, tau=train_tau)
         elif method == "memft-ot" or method == "memft-sw-curriculum":
             objective = O.memft_ot_loss(
                 nll,
@@ -249,6 +278,7 @@ def train(
         active = int((mask & (nll.detach() > train_threshold)).sum())
         skipped = (
             method in ("memft-ot", "memft-sw-curriculum")
+            and not warming_up
             and active == 0
             and config.fallback == "skip"
         )
@@ -266,6 +296,7 @@ def train(
             active_tokens=active,
             above_share=float(above.sum()) / max(int(mask.sum()), 1),
             certified_items=sum(item_certified),
+            exact_items=int(item_exact.sum()),
             skipped=skipped,
             grad_norm=grad_norm,
             seconds=time.perf_counter() - tick,
@@ -298,6 +329,7 @@ def train(
             "length": target_length(encoded),
             "items": len(encoded),
         },
+        token_probabilities=token_probabilities,
     )
     if final_probe:
         result.report = probe(model, tokenizer, encoded, tau=config.tau, base_loss=base_loss)
