@@ -76,3 +76,44 @@ def test_sft_wastes_budget_once_tokens_are_memorized(tmp_path, capsys, monkeypat
     )
     assert code == 0, err
     assert json.loads(out)["above_share"] == 1.0
+
+
+def test_audit_reuses_one_pass_matches_probe_and_quotes_the_law(tmp_path, capsys, monkeypatch):
+    from memlaw.law import MemoryLaw
+    from memlaw.probe import probe
+
+    model, tokenizer = load_model("tiny")
+    encoded = encode_items(generate_phonebook(4, seed=1), tokenizer)
+    run = train(
+        model, tokenizer, encoded, LoraSpec(rank=2), TrainConfig(steps=3), final_probe=False
+    )
+    law = MemoryLaw.from_dict(
+        {
+            "format": "memlaw.law/1",
+            "form": "full",
+            "params": {"C": 2.0, "alpha": 0.5, "beta": 0.5, "b": 0.0},
+            "metadata": {"model": "tiny"},
+        }
+    )
+    report = audit(run.model, tokenizer, encoded, law=law, n_eff=2)
+    alone = probe(run.model, tokenizer, encoded)
+    assert report.certified_share == alone.certified_share
+    assert report.exact_match == alone.exact_match
+    assert report.stubborn_tokens == len(alone.stubborn)
+    assert report.above_share < 0.25
+    # C·N^0.5·ℓ^-0.5 at ℓ = 40: N = 2 → 0.447, N = 4 → 0.632
+    assert "ΔL 0.45 → 0.63" in report.recommendation and "N_eff 2 to 4" in report.recommendation
+
+    save_run(run, tmp_path / "run")
+    law_file = tmp_path / "law.json"
+    law_file.write_text(json.dumps(law.to_dict()))
+    args = ("audit", "-m", "tiny", "-g", "phonebook:4", "--data-seed", 1, "--law", law_file)
+    code, out, err = memlaw(capsys, monkeypatch, *args, "-a", tmp_path / "run", "--json")
+    assert code == 0, err
+    assert "the law predicts ΔL 0.45 → 0.63" in json.loads(out)["recommendation"]
+    code, out, err = memlaw(capsys, monkeypatch, *args)
+    assert code == 2 and "--law needs --adapter" in err
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps(law.to_dict() | {"metadata": {"model": "smollm2-135m"}}))
+    code, out, err = memlaw(capsys, monkeypatch, *args[:-1], other, "-a", tmp_path / "run")
+    assert code == 2 and "fitted for 'smollm2-135m'" in err

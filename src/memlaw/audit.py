@@ -20,7 +20,7 @@ import torch
 
 from memlaw.data import EncodedItem, collate
 from memlaw.objectives import DEFAULT_TAU, loss_threshold, token_nll
-from memlaw.probe import EVAL_BATCH, probe
+from memlaw.probe import EVAL_BATCH, TokenScores, probe
 
 
 @dataclass
@@ -41,11 +41,20 @@ class AuditReport:
         return asdict(self)
 
 
-@torch.no_grad()
 def token_budget(
     model, encoded: list[EncodedItem], pad_token_id: int, tau: float = DEFAULT_TAU
 ) -> tuple[int, int, float, float, float, float]:
     """(tokens, tokens above τ, loss mass, loss mass above, gradient mass, gradient mass above)."""
+    return _budget_and_scores(model, encoded, pad_token_id, tau)[0]
+
+
+@torch.no_grad()
+def _budget_and_scores(
+    model, encoded: list[EncodedItem], pad_token_id: int, tau: float
+) -> tuple[tuple[int, int, float, float, float, float], list[TokenScores]]:
+    """The token budget and, from the same forward pass, the teacher-forced scores a probe
+    needs (one pass over the set instead of two)."""
+    scores: list[TokenScores] = []
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -61,6 +70,11 @@ def token_budget(
                 input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
             ).logits
             nll, mask = token_nll(logits, batch["labels"])
+            ok = (logits[:, :-1].argmax(-1) == batch["labels"][:, 1:]) & mask
+            for row in range(len(mask)):
+                scores.append(
+                    TokenScores(nll[row][mask[row]].tolist(), ok[row][mask[row]].tolist())
+                )
             probabilities = logits[:, :-1].float().softmax(-1)[mask]
             targets = batch["labels"][:, 1:][mask]
             # d ℓ / d logits = softmax − onehot(target): its norm is the gradient SFT sends back
@@ -76,16 +90,25 @@ def token_budget(
             totals[5] += float(gradient[above].sum())
     finally:
         model.train(was_training)
-    return tuple(totals)
+    return tuple(totals), scores
 
 
-def audit(model, tokenizer, encoded: list[EncodedItem], *, tau: float = DEFAULT_TAU) -> AuditReport:
+def audit(
+    model,
+    tokenizer,
+    encoded: list[EncodedItem],
+    *,
+    tau: float = DEFAULT_TAU,
+    law=None,
+    n_eff: int | None = None,
+) -> AuditReport:
     """Audit a model (+ adapter) on a memory set: the SFT budget spent on memorized tokens,
-    certified share, stubborn tokens, and a recommendation."""
-    tokens, above, loss, loss_above, gradient, gradient_above = token_budget(
-        model, encoded, tokenizer.pad_token_id, tau
-    )
-    report = probe(model, tokenizer, encoded, tau=tau)
+    certified share, stubborn tokens, and a recommendation. With a fitted ``law``
+    (:class:`memlaw.law.MemoryLaw`) and the adapter's ``n_eff``, the advice to raise the rank
+    quotes the law's predicted gain of doubling it."""
+    budget, scores = _budget_and_scores(model, encoded, tokenizer.pad_token_id, tau)
+    tokens, above, loss, loss_above, gradient, gradient_above = budget
+    report = probe(model, tokenizer, encoded, tau=tau, measure_base=False, scores=scores)
     above_share = above / tokens
     gradient_share = gradient_above / gradient if gradient > 0 else 0.0
     if report.certified_share == 1.0:
@@ -102,6 +125,12 @@ def audit(model, tokenizer, encoded: list[EncodedItem], *, tau: float = DEFAULT_
             f"most tokens are still below the boundary ({1 - above_share:.0%}): train longer, or "
             "raise the rank (memlaw plan shows what each doubling gains)"
         )
+        if law is not None and n_eff:
+            now, doubled = (float(law.predict(n, report.length)) for n in (n_eff, 2 * n_eff))
+            advice += (
+                f"; the law predicts ΔL {now:.2f} → {doubled:.2f} nats per token "
+                f"(+{doubled - now:.2f}) from N_eff {n_eff} to {2 * n_eff} at ℓ = {report.length}"
+            )
     return AuditReport(
         tau=tau,
         tokens=tokens,

@@ -174,11 +174,16 @@ def probe(
     tau: float = DEFAULT_TAU,
     generate: bool = True,
     base_loss: float | None = None,
+    measure_base: bool = True,
+    scores: list[TokenScores] | None = None,
 ) -> ProbeReport:
-    """Probe a model (a PEFT model too: its base loss is measured with the adapter disabled)."""
+    """Probe a model (a PEFT model too: its base loss is measured with the adapter disabled,
+    unless ``measure_base`` is off). ``scores`` reuses teacher-forced scores already computed
+    for this model and set."""
     pad = tokenizer.pad_token_id
-    scores = teacher_forced(model, encoded, pad)
-    if base_loss is None and hasattr(model, "disable_adapter"):
+    if scores is None:
+        scores = teacher_forced(model, encoded, pad)
+    if base_loss is None and measure_base and hasattr(model, "disable_adapter"):
         with model.disable_adapter():
             base_loss = mean_target_loss(teacher_forced(model, encoded, pad))
     generated = greedy_generate(model, encoded, pad) if generate else [None] * len(encoded)
