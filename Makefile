@@ -28,9 +28,13 @@ lint: install
 	$(BIN)/ruff check src tests
 	$(BIN)/ruff format --check src tests
 
-# Benchmarks (see docs/benchmarks.md): each compares side by side in one run.
+# Benchmarks (see docs/benchmarks.md): each compares side by side in one run; about 45 min
+# in all on two cores.
 bench: install
 	$(BIN)/python bench/step_time.py
+	$(BIN)/python bench/sweep_throughput.py
+	$(BIN)/python bench/cache_memory.py
+	$(BIN)/python bench/memft_vs_sft.py
 
 # The reference law for the default model (about an hour on two cores; see laws/README.md).
 REFERENCE_GRID := --model smollm2-135m --data random --ranks 1,2,4,8,16 --lengths 64,128,256,512 \

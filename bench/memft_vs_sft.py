@@ -7,7 +7,7 @@ and the steps and wall time to certified recall. With ``--token-dynamics`` the p
 probabilities of every step are kept, to count how often a token that crossed p = 0.5 slides
 back below it.
 
-Run: .venv/bin/python bench/memft_vs_sft.py [--seeds 0,1,2] [--cap 250] [--budget 60]
+Run: .venv/bin/python bench/memft_vs_sft.py [--seeds 0,1,2] [--cap 250] [--budget 40]
 Writes bench/results/memft_vs_sft.json and prints markdown tables.
 """
 
@@ -108,6 +108,9 @@ def run_variant(model_name, items, length, variant, seed, cap, budget, dynamics)
         "final_certified": run.log[-1].certified_items / n,
         "final_loss": run.log[-1].loss,
         "skipped_steps": sum(e.skipped for e in run.log),
+        # per step (measured before its update): items exactly recalled and certified
+        "exact_items": [e.exact_items for e in run.log],
+        "certified_items": [e.certified_items for e in run.log],
     }
     if dynamics:
         row |= slide_backs(run.token_probabilities)
@@ -184,7 +187,7 @@ def main() -> None:
     parser.add_argument("--length", type=int, default=128, help="Long-Context target tokens")
     parser.add_argument("--density", type=int, default=20, help="Long-Context random-token %%")
     parser.add_argument("--cap", type=int, default=250)
-    parser.add_argument("--budget", type=int, default=60)
+    parser.add_argument("--budget", type=int, default=40)
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--long-variants", default="sft,memft-ot,memft-sw,memft-ot margin 0.8")
     parser.add_argument("--out", type=Path, default=RESULTS / "memft_vs_sft.json")

@@ -116,6 +116,41 @@ def peak_rss(make_items, steps: int, rank: int) -> dict:
     return out
 
 
+def profile_fast_step(make_items, steps: int, rank: int, top: int = 8) -> list[dict]:
+    """Where a fast-path SFT step's time goes: the operators with the most self CPU time over
+    ``steps`` steps (forward, backward, AdamW), after one warm-up step."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from memlaw.adapters import attach_lora
+    from memlaw.forward import FastForward
+    from memlaw.objectives import sft_loss
+
+    model, tokenizer = load_model("smollm2-135m")
+    encoded = encode_items(make_items(tokenizer), tokenizer)
+    spec = LoraSpec(rank=rank)
+    layer = spec.resolved_layers(model)[0]
+    model = attach_lora(model, spec)
+    forward = FastForward(model, encoded, tokenizer.pad_token_id, first_layer=layer)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=1e-2)
+    rows = list(range(len(encoded)))
+
+    def step() -> None:
+        out = forward(rows)
+        optimizer.zero_grad(set_to_none=True)
+        sft_loss(out.nll, out.mask).backward()
+        optimizer.step()
+
+    step()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            step()
+    events = prof.key_averages()
+    total = sum(e.self_cpu_time_total for e in events)
+    ranked = sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)[:top]
+    return [{"op": e.key, "share": e.self_cpu_time_total / total, "calls": e.count} for e in ranked]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--entries", type=int, default=24)
@@ -130,7 +165,9 @@ def main() -> None:
     cases = []
     for label, make_items in inputs:
         case = time_case(label, make_items, args.steps, args.rank)
-        cases.append(case | peak_rss(make_items, 4, args.rank))
+        case |= peak_rss(make_items, 4, args.rank)
+        case["fast_profile"] = profile_fast_step(make_items, 4, args.rank)
+        cases.append(case)
     result = {
         "machine": {
             "platform": platform.platform(),
@@ -158,6 +195,10 @@ def main() -> None:
             f"| {c['speedup']:.2f}x | {c['flop_ratio']:.2f}x | {c['reference_gflops']:.0f} | {c['fast_gflops']:.0f} "
             f"| {c['reference_peak_rss_mib']:.0f} MiB | {c['fast_peak_rss_mib']:.0f} MiB |"
         )
+
+    for c in cases:
+        ops = ", ".join(f"{p['op']} {p['share']:.0%}" for p in c["fast_profile"])
+        print(f"fast path, {c['case']}: {ops}")
 
 
 if __name__ == "__main__":

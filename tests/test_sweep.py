@@ -127,3 +127,19 @@ def test_sigkill_mid_sweep_then_rerun_gives_each_point_once(tmp_path):
         ).points()
     ]
     assert sorted(keys) == sorted(expected)
+
+
+def test_reference_path_sweep_gives_the_fast_paths_losses_and_is_its_own_sweep(tmp_path):
+    from memlaw.sweep import run_point
+
+    point = tiny_spec().points()[0]
+    fast = run_point(tiny_spec(max_steps=8), point)
+    reference = run_point(tiny_spec(max_steps=8, fast_path=False), point)
+    assert fast["record"]["config"]["forward"].startswith("fast path")
+    assert reference["record"]["config"]["forward"] == "reference path requested"
+    assert fast["record"]["losses"] == pytest.approx(reference["record"]["losses"], rel=1e-4)
+    SweepStore(tmp_path / "s.db", tiny_spec())
+    with pytest.raises(MemlawError, match="fast_path: True vs False"):
+        SweepStore(tmp_path / "s.db", tiny_spec(fast_path=False))
+    # fast_path at its default is left out of the settings, so older databases still match
+    assert "fast_path" not in tiny_spec().shared_settings()

@@ -220,3 +220,22 @@ def test_sft_warmup_then_memft_and_token_probabilities_are_recorded():
 def test_negative_sft_warmup_is_rejected():
     with pytest.raises(MemlawError, match="warm-up"):
         TrainConfig(sft_warmup_steps=-1).validate()
+
+
+def test_memft_is_the_recommended_variant_and_records_what_was_asked():
+    from memlaw.train import RECOMMENDED_MEMFT, resolve_recommended
+
+    result = run(method="memft", steps=4, stop_when_certified=False)
+    assert result.config["requested_method"] == "memft"
+    assert result.config["method"] == RECOMMENDED_MEMFT["method"]
+    assert result.config["train_tau"] == RECOMMENDED_MEMFT.get("train_tau")
+    explicit = run(
+        method=RECOMMENDED_MEMFT["method"],
+        steps=4,
+        stop_when_certified=False,
+        train_tau=RECOMMENDED_MEMFT.get("train_tau"),
+    )
+    assert [e.loss for e in result.log] == [e.loss for e in explicit.log]
+    assert resolve_recommended(TrainConfig(method="memft", train_tau=0.95)).train_tau == 0.95
+    assert resolve_recommended(TrainConfig(method="memft", tau=0.9)).train_tau >= 0.9
+    assert resolve_recommended(TrainConfig(method="sft")) == TrainConfig(method="sft")

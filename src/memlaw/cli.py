@@ -158,6 +158,11 @@ def audit_command(
     chat_template: bool = ChatOption,
     tau: float = TauOption,
     as_json: bool = typer.Option(False, "--json", help="Print the audit as JSON."),
+    law_path: Path = typer.Option(
+        None,
+        "--law",
+        help="A fitted law JSON: the advice to raise the rank then quotes its predicted gain.",
+    ),
     dtype: str = DtypeOption,
     device: str = DeviceOption,
     trust_remote_code: bool = RemoteCodeOption,
@@ -167,6 +172,21 @@ def audit_command(
     Example: memlaw audit --adapter run1 --data facts.jsonl
     """
     from memlaw.audit import audit
+
+    law, n_eff = None, None
+    if law_path is not None:
+        from memlaw.law import MemoryLaw
+
+        if adapter is None:
+            raise MemlawError("--law needs --adapter: the law's gain is counted from its rank")
+        law = MemoryLaw.load(law_path)
+        law_model = (getattr(law, "metadata_", None) or {}).get("model")
+        if law_model and law_model != model:
+            raise MemlawError(
+                f"the law in {law_path} was fitted for '{law_model}', not '{model}': "
+                "pass a law of this model"
+            )
+        n_eff = _adapter_n_eff(adapter)
 
     target, tokenizer, encoded = adapted_model_and_data(
         model,
@@ -182,7 +202,7 @@ def audit_command(
         trust_remote_code,
     )
     with console.status("auditing…"):
-        report = audit(target, tokenizer, encoded, tau=tau)
+        report = audit(target, tokenizer, encoded, tau=tau, law=law, n_eff=n_eff)
     if as_json:
         print(json.dumps(report.to_dict(), indent=2))
         return
@@ -197,6 +217,24 @@ def audit_command(
     table.add_row("stubborn tokens", str(report.stubborn_tokens))
     console.print(table)
     console.print(f"recommendation: {report.recommendation}")
+
+
+def _adapter_n_eff(adapter: Path) -> int:
+    """N_eff = rank × adapted layers, from a PEFT adapter's config (memlaw names each adapted
+    module in full, e.g. ``model.layers.20.mlp.up_proj``)."""
+    import re
+
+    try:
+        config = json.loads((adapter / "adapter_config.json").read_text())
+        rank, modules = int(config["r"]), config.get("target_modules") or []
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise MemlawError(f"cannot read the rank of adapter {adapter} ({exc})") from None
+    layers = {m.group(1) for name in modules if (m := re.search(r"layers\.(\d+)\.", name))}
+    if not layers:
+        raise MemlawError(
+            f"cannot tell which layers adapter {adapter} adapts; --law needs one made by memlaw train"
+        )
+    return rank * len(layers)
 
 
 def _int_list(text: str, option: str, minimum: int | None = 1) -> tuple[int, ...]:
@@ -268,7 +306,7 @@ def train_command(
     method: str = typer.Option(
         "memft-ot",
         "--method",
-        help="sft, memft-ot, memft-sw (window for one sequence, curriculum for many), memft-sw-window, memft-sw-curriculum.",
+        help="sft, memft-ot, memft-soft (sigmoid weights), memft-sw (window for one sequence, curriculum for many), memft-sw-window, memft-sw-curriculum.",
     ),
     rank: int = typer.Option(4, "--rank", "-r", help="LoRA rank."),
     alpha: float = typer.Option(None, "--alpha", help="LoRA alpha (default: the rank)."),
@@ -292,6 +330,9 @@ def train_command(
         None,
         "--train-tau",
         help="MemFT margin: keep training a token while p < this (e.g. 0.8); certify at --tau.",
+    ),
+    sft_warmup_steps: int = typer.Option(
+        0, "--sft-warmup-steps", help="Schedule: plain SFT for this many steps, then the method."
     ),
     early_stop: bool = typer.Option(
         True, "--early-stop/--no-early-stop", help="Stop when every target token has p > tau."
@@ -340,6 +381,7 @@ def train_command(
         position_decay=position_decay,
         fast_path=fast_path,
         train_tau=train_tau,
+        sft_warmup_steps=sft_warmup_steps,
     )
     config.validate()
     if out.exists() and not overwrite:
@@ -558,22 +600,51 @@ def sweep_command(
         Path("sweep.db"), "--db", help="SQLite file of results (re-running resumes)."
     ),
     workers: int = typer.Option(
-        1, "--workers", help="Worker processes (the cores are split between them)."
+        None,
+        "--workers",
+        help="Points run at once. local: worker processes (default 1; the cores are split between them); ray: default as many as the cluster fits.",
+    ),
+    executor: str = typer.Option(
+        "local",
+        "--executor",
+        help="local (worker processes here) or ray (Ray tasks; needs pip install ray).",
+    ),
+    address: str = typer.Option(
+        None,
+        "--address",
+        help="Ray cluster to run on (auto, HOST:PORT, ray://HOST:PORT); default: start a local Ray for this sweep.",
+    ),
+    dtype: str = DtypeOption,
+    device: str = typer.Option(
+        "cpu",
+        "--device",
+        help="cpu, cuda or cuda:N (with --executor ray: cuda, one GPU per point).",
+    ),
+    fast_path: bool = typer.Option(
+        True,
+        "--fast-path/--reference-path",
+        help="Cache the frozen layers below the adapter, or train every point on the plain PEFT forward.",
     ),
 ) -> None:
     """Train a grid of points (rank × ℓ × layers × method × seed) into a resumable SQLite store.
 
     Example: memlaw sweep --model tiny --ranks 1,2,4 --lengths 32,64 --db tiny.db
+
+    On GPUs of a Ray cluster: memlaw sweep --device cuda --dtype bfloat16 --executor ray --address auto
     """
-    from memlaw.sweep import LocalExecutor, SweepSpec, SweepStore, run_sweep
+    from memlaw.sweep import LocalExecutor, SweepSpec, SweepStore, check_device, run_sweep
     from memlaw.train import METHODS
 
     method_list = tuple(m.strip() for m in methods.split(",") if m.strip())
     unknown = [m for m in method_list if m not in METHODS]
     if unknown:
         raise MemlawError(f"unknown method(s) {', '.join(unknown)}: use {', '.join(METHODS)}")
-    if workers <= 0:
+    if workers is not None and workers <= 0:
         raise MemlawError(f"--workers must be positive, got {workers}")
+    if executor not in ("local", "ray"):
+        raise MemlawError(f"unknown --executor '{executor}': use local or ray")
+    if address is not None and executor != "ray":
+        raise MemlawError("--address is for the ray executor: add --executor ray")
     spec = SweepSpec(
         model=model,
         data=data,
@@ -587,10 +658,23 @@ def sweep_command(
         max_steps=max_steps,
         plateau_window=plateau_window,
         plateau_tolerance=plateau_tolerance,
+        device=device,
+        dtype=dtype,
+        fast_path=fast_path,
     )
-    store = SweepStore(db, spec)
     _quiet_transformers()
-    summary = run_sweep(spec, store, LocalExecutor(workers=workers))
+    # Check where the points will run before the store records this sweep's settings.
+    if executor == "local":
+        check_device(spec.device)
+        store = SweepStore(db, spec)
+        summary = run_sweep(spec, store, LocalExecutor(workers=workers or 1))
+    else:
+        from memlaw.ray_executor import RayExecutor
+
+        with RayExecutor(address=address, workers=workers) as runner:
+            runner.check(spec)
+            store = SweepStore(db, spec)
+            summary = run_sweep(spec, store, runner)
     rows = store.rows()
     capped = sum(r["hit_cap"] for r in rows)
     console.print(

@@ -142,11 +142,13 @@ class SlidingWindowState:
     expansion: torch.Tensor
 
     @classmethod
-    def initial(cls, sequences: int) -> SlidingWindowState:
+    def initial(
+        cls, sequences: int, device: torch.device | str | None = None
+    ) -> SlidingWindowState:
         return cls(
-            anchor=torch.full((sequences,), -1, dtype=torch.long),
-            stalled=torch.zeros(sequences, dtype=torch.long),
-            expansion=torch.ones(sequences),
+            anchor=torch.full((sequences,), -1, dtype=torch.long, device=device),
+            stalled=torch.zeros(sequences, dtype=torch.long, device=device),
+            expansion=torch.ones(sequences, device=device),
         )
 
     def select(self, rows: torch.Tensor) -> SlidingWindowState:

@@ -32,6 +32,9 @@ from memlaw.errors import MemlawError
 
 SCHEMA_VERSION = 1
 DATA_KINDS = ("random", "phonebook", "noisy")
+# Settings added after the first databases were written, with the value those databases ran
+# under: a stored sweep that lacks one of them ran with that value.
+LATER_SETTINGS = {"device": "cpu", "dtype": "float32", "fast_path": True}
 
 
 @dataclass(frozen=True)
@@ -41,7 +44,12 @@ class SweepSpec:
     ``data`` is a generator (``random``: one random-token sequence; ``phonebook``; ``noisy:F``:
     the built-in text with a fraction F of random tokens) or a data file truncated to each ℓ.
     Points stop when the mean loss of the last ``plateau_window`` steps improved by less than
-    ``plateau_tolerance`` (relative) on the window before, or at ``max_steps``.
+    ``plateau_tolerance`` (relative) on the window before, or at ``max_steps``. ``device``
+    (``cpu``, ``cuda``, ``cuda:N``) and ``dtype`` (``float32``, ``bfloat16``, ``float16``: the
+    base model's weights; LoRA weights and losses stay float32) say where each point trains.
+
+    >>> SweepSpec(model="tiny", device="cuda", dtype="bfloat16").dtype
+    'bfloat16'
     """
 
     model: str = "smollm2-135m"
@@ -57,6 +65,9 @@ class SweepSpec:
     plateau_window: int = 50
     plateau_tolerance: float = 0.01
     data_seed: int = 0
+    device: str = "cpu"
+    dtype: str = "float32"
+    fast_path: bool = True  # False: the plain PEFT forward (the reference; same losses, slower)
 
     def __post_init__(self) -> None:
         for name in ("ranks", "lengths", "layer_counts", "seeds", "methods"):
@@ -74,11 +85,24 @@ class SweepSpec:
             raise MemlawError(
                 f"sweep data '{self.data}' is neither a generator ({', '.join(DATA_KINDS)}) nor a file"
             )
+        from memlaw.models import DTYPES
+
+        if self.dtype not in DTYPES:
+            raise MemlawError(f"unknown dtype '{self.dtype}': use one of {', '.join(DTYPES)}")
+        # Only the spelling here: whether CUDA is there is up to the machine that runs the points.
+        if not _is_device_name(self.device):
+            raise MemlawError(f"unknown device '{self.device}': use cpu, cuda or cuda:N")
 
     def shared_settings(self) -> dict:
-        """Everything but the grid: two sweeps may share a database only if these agree."""
+        """Everything but the grid: two sweeps may share a database only if these agree.
+
+        Settings added later (:data:`LATER_SETTINGS`) appear only when they differ from the
+        value older databases imply, so those databases and their fingerprints stay valid.
+        """
         grid = {"ranks", "lengths", "layer_counts", "methods", "seeds"}
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in grid}
+        return _without_implied(
+            {f.name: getattr(self, f.name) for f in fields(self) if f.name not in grid}
+        )
 
     def points(self) -> list[SweepPoint]:
         return [
@@ -107,6 +131,16 @@ class SweepPoint:
     @property
     def key(self) -> str:
         return f"r{self.rank}-l{self.length}-n{self.layers}-{self.method}-s{self.seed}"
+
+
+def _is_device_name(device: str) -> bool:
+    kind, _, index = device.partition(":")
+    return (device == "cpu") or (kind == "cuda" and (index == "" or index.isdigit()))
+
+
+def _without_implied(settings: dict) -> dict:
+    """``settings`` less the later-added ones at the value older databases imply."""
+    return {k: v for k, v in settings.items() if LATER_SETTINGS.get(k, object()) != v}
 
 
 def adapted_layers(count: int, total: int) -> tuple[int, ...]:
@@ -144,7 +178,7 @@ def run_point(spec: SweepSpec, point: SweepPoint) -> dict:
     from memlaw.models import load_model
     from memlaw.train import TrainConfig, train
 
-    model, tokenizer = load_model(spec.model)
+    model, tokenizer = load_model(spec.model, dtype=spec.dtype, device=spec.device)
     encoded = memory_set_for(spec, point.length, tokenizer)
     layers = adapted_layers(point.layers, model.config.num_hidden_layers)
     lora = LoraSpec(rank=point.rank, layers=layers, modules=spec.modules)
@@ -154,6 +188,7 @@ def run_point(spec: SweepSpec, point: SweepPoint) -> dict:
         steps=spec.max_steps,
         seed=point.seed,
         stop_when_certified=False,  # certified recall would cut ΔL short of capacity
+        fast_path=spec.fast_path,
         plateau_window=spec.plateau_window,
         plateau_tolerance=spec.plateau_tolerance,
     )
@@ -216,7 +251,7 @@ class SweepStore:
             raise MemlawError(f"'{self.path}' is not a usable sweep database ({exc})") from None
         if spec is not None:
             settings = json.dumps(spec.shared_settings(), sort_keys=True)
-            if "settings" in stored and stored["settings"] != settings:
+            if "settings" in stored and not _same_settings(stored["settings"], settings):
                 raise MemlawError(
                     f"'{self.path}' holds a sweep with other settings ({_difference(stored['settings'], settings)}): "
                     "use another --db or the same settings"
@@ -266,8 +301,16 @@ class SweepStore:
         self.connection.close()
 
 
+def _same_settings(stored: str, wanted: str) -> bool:
+    """Equal once later-added settings at their implied value are left out on both sides (a
+    database from before ``device``/``dtype`` existed ran on cpu in float32)."""
+    return _without_implied(json.loads(stored)) == _without_implied(json.loads(wanted))
+
+
 def _difference(stored: str, wanted: str) -> str:
     a, b = json.loads(stored), json.loads(wanted)
+    a = LATER_SETTINGS | a  # name the implied value of a setting the database predates
+    b = LATER_SETTINGS | b
     changed = [
         f"{k}: {a.get(k)!r} vs {b.get(k)!r}"
         for k in sorted(set(a) | set(b))
@@ -280,12 +323,32 @@ def _difference(stored: str, wanted: str) -> str:
 
 
 class Executor(Protocol):
-    """Runs points and yields ``(point, row)`` as each finishes; a distributed engine can
-    implement the same method."""
+    """Runs points and yields ``(point, row)`` as each finishes (:class:`LocalExecutor`,
+    :class:`memlaw.ray_executor.RayExecutor`). An executor with an ``on_start`` attribute gets
+    it set to a callback that takes each point as it starts (the progress bar's)."""
 
     def run(
         self, spec: SweepSpec, points: list[SweepPoint]
     ) -> Iterator[tuple[SweepPoint, dict]]: ...
+
+
+def check_device(device: str) -> None:
+    """Fail with one line unless this machine can run points on ``device``.
+
+    >>> check_device("cpu")
+    """
+    import torch
+
+    from memlaw.models import resolve_device
+
+    resolve_device(device)  # cuda without CUDA: says so
+    _, _, index = device.partition(":")
+    count = torch.cuda.device_count() if index else 0
+    if index and int(index) >= count:
+        raise MemlawError(
+            f"device '{device}' requested but this machine has {count} CUDA device(s): "
+            f"use cuda:0 to cuda:{count - 1}"
+        )
 
 
 def _init_worker(threads: int) -> None:
@@ -309,6 +372,7 @@ class LocalExecutor:
     on_start: Callable[[SweepPoint], None] | None = None
 
     def run(self, spec: SweepSpec, points: list[SweepPoint]) -> Iterator[tuple[SweepPoint, dict]]:
+        check_device(spec.device)  # before spawning workers that would each fail on it
         workers = max(1, min(self.workers, len(points)))
         threads = max(1, (os.cpu_count() or 1) // workers)
         context = multiprocessing.get_context("spawn")
