@@ -236,6 +236,7 @@ def test_cuda_without_cuda_says_so(tmp_path, capsys, monkeypatch):
 
 # --- on a GPU --------------------------------------------------------------------------------
 
+
 @cuda
 @pytest.mark.parametrize("method", ["sft", "memft-ot", "memft-sw"])
 def test_cuda_bf16_train_and_probe(method):
