@@ -228,3 +228,17 @@ def test_real_process_prints_no_traceback(tmp_path):
     )
     assert result.returncode == 2
     assert result.stderr.strip().startswith("error:") and "Traceback" not in result.stderr
+
+
+def test_demo_compares_sft_published_and_recommended_memft(tmp_path, capsys, monkeypatch):
+    out = tmp_path / "demo"
+    args = ("demo", "-m", "tiny", "--entries", 3, "--steps", 4, "--rank", 4, "-o", out)
+    code, stdout, err = memlaw(capsys, monkeypatch, *args)
+    assert code == 0, err
+    for method in ("sft", "memft-ot", "memft"):
+        record = json.loads((out / method / "record.json").read_text())
+        assert record["config"]["requested_method"] == method
+        assert (out / method / "adapter_model.safetensors").is_file()
+    recommended = json.loads((out / "memft" / "record.json").read_text())["config"]
+    assert recommended["method"] != "memft" and recommended["train_tau"] is not None
+    assert (out / "demo.png").stat().st_size > 0

@@ -304,9 +304,9 @@ def train_command(
     data_seed: int = DataSeedOption,
     chat_template: bool = ChatOption,
     method: str = typer.Option(
-        "memft-ot",
+        "memft",
         "--method",
-        help="sft, memft-ot, memft-soft (sigmoid weights), memft-sw (window for one sequence, curriculum for many), memft-sw-window, memft-sw-curriculum.",
+        help="memft (memlaw's recommended MemFT), sft, memft-ot, memft-soft (sigmoid weights), memft-sw (window for one sequence, curriculum for many), memft-sw-window, memft-sw-curriculum.",
     ),
     rank: int = typer.Option(4, "--rank", "-r", help="LoRA rank."),
     alpha: float = typer.Option(None, "--alpha", help="LoRA alpha (default: the rank)."),
@@ -538,8 +538,11 @@ def demo_command(
         Path("memlaw-demo"), "--out", "-o", help="Folder for adapters, records and the plot."
     ),
 ) -> None:
-    """Memorize a generated phonebook with SFT and with MemFT-OT (same data, rank, budget,
-    seed) and compare them side by side."""
+    """Memorize a generated phonebook with SFT, the published MemFT-OT and memlaw's recommended
+    MemFT (same data, rank, budget, seed) and compare them side by side.
+
+    Example: memlaw demo --entries 40 --steps 100
+    """
     from memlaw.adapters import LoraSpec
     from memlaw.data import encode_items, generate_phonebook
     from memlaw.report import plot_runs
@@ -547,7 +550,7 @@ def demo_command(
 
     _check_lora_args(rank, None)
     runs = []
-    for method in ("sft", "memft-ot"):
+    for method in ("sft", "memft-ot", "memft"):
         base, tokenizer = load(model, "float32", "cpu", False)
         encoded = encode_items(generate_phonebook(entries, seed=seed), tokenizer)
         config = TrainConfig(method=method, lr=lr, steps=steps, seed=seed)
