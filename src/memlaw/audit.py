@@ -20,7 +20,7 @@ import torch
 
 from memlaw.data import EncodedItem, collate
 from memlaw.objectives import DEFAULT_TAU, loss_threshold, token_nll
-from memlaw.probe import EVAL_BATCH, TokenScores, probe
+from memlaw.probe import EVAL_BATCH, TokenScores, probe, token_scores
 
 
 @dataclass
@@ -70,11 +70,7 @@ def _budget_and_scores(
                 input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
             ).logits
             nll, mask = token_nll(logits, batch["labels"])
-            ok = (logits[:, :-1].argmax(-1) == batch["labels"][:, 1:]) & mask
-            for row in range(len(mask)):
-                scores.append(
-                    TokenScores(nll[row][mask[row]].tolist(), ok[row][mask[row]].tolist())
-                )
+            scores += token_scores(logits, batch["labels"])
             probabilities = logits[:, :-1].float().softmax(-1)[mask]
             targets = batch["labels"][:, 1:][mask]
             # d ℓ / d logits = softmax − onehot(target): its norm is the gradient SFT sends back

@@ -38,6 +38,15 @@ class TokenScores:
         return [math.exp(-x) for x in self.nll]
 
 
+def token_scores(logits: torch.Tensor, labels: torch.Tensor) -> list[TokenScores]:
+    """Each row's target-token losses and argmax hits, from a batch's logits and labels."""
+    nll, mask = token_nll(logits, labels)
+    ok = (logits[:, :-1].argmax(-1) == labels[:, 1:]) & mask
+    return [
+        TokenScores(nll[r][mask[r]].tolist(), ok[r][mask[r]].tolist()) for r in range(len(mask))
+    ]
+
+
 @torch.no_grad()
 def teacher_forced(
     model, encoded: list[EncodedItem], pad_token_id: int, batch_size: int = EVAL_BATCH
@@ -54,11 +63,7 @@ def teacher_forced(
             logits = model(
                 input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
             ).logits
-            nll, mask = token_nll(logits, batch["labels"])
-            ok = (logits[:, :-1].argmax(-1) == batch["labels"][:, 1:]) & mask
-            for row in range(len(chunk)):
-                keep = mask[row]
-                scores.append(TokenScores(nll[row][keep].tolist(), ok[row][keep].tolist()))
+            scores += token_scores(logits, batch["labels"])
     finally:
         model.train(was_training)
     return scores
