@@ -41,6 +41,7 @@ from transformers import Trainer, TrainerCallback
 from memlaw import objectives as O
 from memlaw.data import IGNORE_INDEX, EncodedItem
 from memlaw.errors import MemlawError
+from memlaw.train import check_memft_settings
 
 # The batch column that carries each sequence's index into the memory set (MemFT-SW's state).
 INDEX_COLUMN = "memlaw_index"
@@ -133,12 +134,7 @@ class MemFTConfig:
             raise MemlawError(
                 f"unknown method '{self.method}': use one of {', '.join(TRAINER_METHODS)}"
             )
-        if not 0.0 < self.tau < 1.0:
-            raise MemlawError(f"tau must be within (0, 1), got {self.tau}")
-        if self.train_tau is not None and not self.tau <= self.train_tau < 1.0:
-            raise MemlawError(f"train tau must be within [tau, 1), got {self.train_tau}")
-        if self.fallback not in ("skip", "mean"):
-            raise MemlawError(f"fallback must be skip or mean, got '{self.fallback}'")
+        check_memft_settings(self.tau, self.train_tau, self.fallback)
 
     @property
     def training_tau(self) -> float:

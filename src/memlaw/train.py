@@ -99,16 +99,21 @@ class TrainConfig:
             raise MemlawError(
                 f"batch size must be 0 (full batch) or positive, got {self.batch_size}"
             )
-        if not 0.0 < self.tau < 1.0:
-            raise MemlawError(f"tau must be within (0, 1), got {self.tau}")
-        if self.train_tau is not None and not self.tau <= self.train_tau < 1.0:
-            raise MemlawError(f"train tau must be within [tau, 1), got {self.train_tau}")
+        check_memft_settings(self.tau, self.train_tau, self.fallback)
         if self.plateau_window is not None and self.plateau_window <= 0:
             raise MemlawError(f"plateau window must be positive, got {self.plateau_window}")
         if self.sft_warmup_steps < 0:
             raise MemlawError(f"SFT warm-up steps must be 0 or more, got {self.sft_warmup_steps}")
-        if self.fallback not in ("skip", "mean"):
-            raise MemlawError(f"fallback must be skip or mean, got '{self.fallback}'")
+
+
+def check_memft_settings(tau: float, train_tau: float | None, fallback: str) -> None:
+    """The checks MemFT's settings share wherever it runs (memlaw's loop, the Trainer)."""
+    if not 0.0 < tau < 1.0:
+        raise MemlawError(f"tau must be within (0, 1), got {tau}")
+    if train_tau is not None and not tau <= train_tau < 1.0:
+        raise MemlawError(f"train tau must be within [tau, 1), got {train_tau}")
+    if fallback not in ("skip", "mean"):
+        raise MemlawError(f"fallback must be skip or mean, got '{fallback}'")
 
 
 @dataclass
