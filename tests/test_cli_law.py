@@ -199,3 +199,29 @@ def test_the_shipped_reference_law_plans_for_the_default_model(tmp_path, capsys,
     assert code == 0, err
     result = json.loads(out)
     assert result["current"]["rank"] == 4 and (tmp_path / "plan.png").is_file()
+
+
+def test_plan_names_the_law_and_refuses_other_modules(tmp_path, capsys, monkeypatch):
+    from memlaw.cli import reference_law_path
+
+    law = MemoryLaw.load(reference_law_path("smollm2-135m"))
+    fitted_on = law.metadata_["modules"]
+    code, out, err = memlaw(
+        capsys, monkeypatch, "plan", "--length", 1000, "--png", tmp_path / "plan.png"
+    )
+    assert code == 0, err
+    assert f"LoRA on {fitted_on}" in out and "smollm2-135m" in out
+    other = "q_proj" if fitted_on != "q_proj" else "mlp"
+    err = one_line_error(
+        capsys,
+        monkeypatch,
+        "plan",
+        "--length",
+        1000,
+        "--modules",
+        other,
+        "--png",
+        tmp_path / "p2.png",
+    )
+    assert f"fitted for LoRA on {fitted_on}, not {other}" in err
+    assert not (tmp_path / "p2.png").exists()

@@ -12,6 +12,7 @@ from memlaw.plan import (
     RECALL_LOSS,
     PlanResult,
     boundary_n_eff,
+    describe_law,
     fit_sweep,
     format_plan_table,
     plan,
@@ -432,3 +433,40 @@ def test_saturated_rows_are_left_out_of_the_law_but_not_the_boundary():
     assert found[100] == 4
     unfiltered = fit_sweep(rows, metadata={"model": "tiny"}, n_bootstrap=0)
     assert unfiltered["excluded_saturated"] == 0 and unfiltered["law"].n_points_ == 20
+
+
+def test_plan_says_when_the_law_was_fitted_on_capped_points():
+    rows = [
+        row(r, n, hit_cap=(r == 1))  # the rank-1 points stopped at the cap
+        for r in (1, 2, 4, 8, 16)
+        for n in (64, 128, 256, 512)
+    ]
+    fitted = fit_sweep(
+        rows, metadata={"model": "tiny", "max_steps": 600}, include_capped=True, n_bootstrap=0
+    )
+    assert fitted["law"].metadata_["capped_in_fit"] == 4
+    notes = plan(fitted["law"], 256).notes
+    assert any("4 of the 20 points" in n and "600-step cap" in n for n in notes)
+    # Without capped rows in the fit, no such note.
+    clean = fit_sweep(rows, metadata={"model": "tiny"}, n_bootstrap=0)
+    assert clean["law"].metadata_["capped_in_fit"] == 0
+    assert not any("lower bound on capacity" in n for n in plan(clean["law"], 256).notes)
+
+
+def test_describe_law_names_what_the_law_was_measured_on():
+    rows = [row(r, n) for r in (1, 2, 4, 8) for n in (64, 128, 256)]
+    metadata = {"model": "tiny", "modules": "v_proj", "data": "random", "lr": 0.02}
+    law = fit_sweep(rows, metadata=metadata, n_bootstrap=0)["law"]
+    line = describe_law(law)
+    assert line.startswith("tiny · LoRA on v_proj · sft · random data · lr 0.02")
+    assert line.endswith(f"12 points, R² {law.r2_:.3f}")
+
+
+def test_plan_refuses_a_law_fitted_on_other_modules():
+    rows = [row(r, n) for r in (1, 2, 4, 8) for n in (64, 128, 256)]
+    law = fit_sweep(rows, metadata={"model": "tiny", "modules": "mlp"}, n_bootstrap=0)["law"]
+    with pytest.raises(MemlawError, match="fitted for LoRA on mlp, not v_proj"):
+        plan(law, 256, modules="v_proj")
+    # The same modules, named by group or one by one and in any order, plan as before.
+    for same in ("mlp", "down_proj, gate_proj,up_proj"):
+        assert plan(law, 256, modules=same).rows == plan(law, 256).rows

@@ -798,6 +798,11 @@ def plan_command(
         None, "--rank", "-r", help="Your current rank, to see what doubling it gains."
     ),
     layers: int = typer.Option(1, "--layers", help="Number of adapted layers."),
+    modules: str = typer.Option(
+        None,
+        "--modules",
+        help="The modules you adapt (mlp, v_proj, …): checked against the law's.",
+    ),
     base_loss: float = typer.Option(
         None,
         "--base-loss",
@@ -816,7 +821,7 @@ def plan_command(
     Example: memlaw plan --length 2000 --rank 8
     """
     from memlaw.law import MemoryLaw
-    from memlaw.plan import format_plan_table, plan, plot_plan
+    from memlaw.plan import describe_law, format_plan_table, plan, plot_plan
 
     if (length is None) == (data is None):
         raise MemlawError("give exactly one of --length N or --data FILE")
@@ -841,6 +846,7 @@ def plan_command(
         layers=layers,
         min_gain=min_gain,
         model=model,
+        modules=modules,
     )
     if as_json:
         print(json.dumps(result.to_dict(), indent=2))
@@ -855,6 +861,7 @@ def plan_command(
         for row in rows:
             table.add_row(*row.values())
         console.print(table)
+        console.print(f"law: {describe_law(law)}", soft_wrap=True)
         console.print(
             f"diminishing returns from rank {result.diminishing_rank}; full recall predicted at rank {result.recall_rank} ({result.recall_source})"
         )

@@ -240,7 +240,7 @@ def fit_sweep(
     >>> round(fitted["law"].alpha_, 3), fitted["excluded_capped"]
     (0.35, 0)
     >>> sorted(fitted["law"].metadata_)[:4]
-    ['excluded_capped', 'excluded_saturated', 'forms', 'holdout']
+    ['capped_in_fit', 'excluded_capped', 'excluded_saturated', 'forms']
     """
     if not isinstance(metadata, Mapping):
         raise MemlawError(
@@ -305,6 +305,8 @@ def fit_sweep(
         "excluded_capped": excluded,
         "saturation_loss": saturation_loss,
         "excluded_saturated": saturated,
+        # Kept rows that stopped at the step cap: for them ΔL is what the budget stored.
+        "capped_in_fit": sum(1 for _, row in indexed if row["hit_cap"]),
         BOUNDARY_KEY: boundary,
         HOLDOUT_KEY: _holdout_summary(holdout),
         FORMS_KEY: forms,
@@ -403,6 +405,14 @@ def _positive_int(value: Any, name: str, hint: str) -> int:
     return int(number)
 
 
+def _module_set(modules: str) -> frozenset[str]:
+    """``mlp`` and ``gate_proj,up_proj,down_proj`` name the same adapted modules."""
+    from memlaw.adapters import MODULE_GROUPS
+
+    names = [name.strip() for name in modules.split(",") if name.strip()]
+    return frozenset(part for name in names for part in MODULE_GROUPS.get(name, (name,)))
+
+
 def _fitted_range(law: MemoryLaw) -> tuple[tuple[float, float], tuple[float, float]] | None:
     """(capacity range, length range) of the points the law was fitted on, if it kept them."""
     points = getattr(law, "points_", None) or []
@@ -425,6 +435,7 @@ def plan(
     ranks: Iterable[int] | None = None,
     min_gain: float = 0.05,
     model: str | None = None,
+    modules: str | None = None,
 ) -> PlanResult:
     """Predicted ΔL per rank for ℓ = ``length`` target tokens, and the ranks worth knowing.
 
@@ -446,7 +457,9 @@ def plan(
     boundary, since stubborn tokens keep exact recall from following the mean loss. Else None.
 
     ``model``: when given and the law's metadata names another model, this fails: a law is
-    fitted per model.
+    fitted per model. ``modules`` (``mlp``, ``v_proj``, ``up_proj,down_proj``, …) likewise
+    fails when the law was fitted on other adapted modules: N_eff counts ranks, and a rank of
+    the MLP holds far more parameters than a rank of one projection.
     """
     if not isinstance(law, MemoryLaw) or not hasattr(law, "alpha_"):
         raise MemlawError(
@@ -474,7 +487,24 @@ def plan(
             "with memlaw sweep or pass its law"
         )
 
+    fitted_modules = metadata.get("modules")
+    if modules is not None and fitted_modules is not None:
+        if _module_set(modules) != _module_set(str(fitted_modules)):
+            raise MemlawError(
+                f"the law was fitted for LoRA on {fitted_modules}, not {modules}: fit one with "
+                f"memlaw sweep --modules {modules} and memlaw fit, or pass its law"
+            )
+
     notes: list[str] = []
+    capped = metadata.get("capped_in_fit")
+    if isinstance(capped, int) and capped > 0:
+        cap = metadata.get("max_steps")
+        notes.append(
+            f"{capped} of the {law.n_points_} points the law was fitted on stopped at the "
+            + (f"{cap}-step " if cap else "")
+            + "cap before ΔL plateaued: there it predicts what that training budget stores, "
+            "a lower bound on capacity"
+        )
     span = _fitted_range(law)
     if span is not None and not span[1][0] <= length <= span[1][1]:
         notes.append(
@@ -576,6 +606,36 @@ def plan(
         current=current,
         notes=notes,
     )
+
+
+def describe_law(law: MemoryLaw) -> str:
+    """One line saying what a fitted law was measured on, from its metadata.
+
+    >>> from memlaw.law import LawPoint
+    >>> points = [LawPoint(n_eff=r, length=l, delta_loss=3.0 * r**0.4 * l**-0.5)
+    ...           for r in (1, 2, 4, 8) for l in (64, 128, 256)]
+    >>> law = MemoryLaw("no-offset", n_bootstrap=0).fit(
+    ...     points, metadata={"model": "tiny", "modules": "v_proj", "method": "sft",
+    ...                       "data": "random", "lr": 0.02, "max_steps": 150})
+    >>> describe_law(law)
+    'tiny · LoRA on v_proj · sft · random data · lr 0.02 · ≤ 150 steps · 12 points, R² 1.000'
+    """
+    meta = dict(getattr(law, "metadata_", {}) or {})
+    parts = [str(meta.get("model", "unknown model"))]
+    if meta.get("modules"):
+        counts = meta.get("layer_counts") or [1]
+        layers = "" if list(counts) == [1] else f" of {'/'.join(map(str, counts))} layers"
+        parts.append(f"LoRA on {meta['modules']}{layers}")
+    if meta.get("method"):
+        parts.append(str(meta["method"]))
+    if meta.get("data"):
+        parts.append(f"{meta['data']} data")
+    if meta.get("lr"):
+        parts.append(f"lr {meta['lr']:g}")
+    if meta.get("max_steps"):
+        parts.append(f"≤ {meta['max_steps']} steps")
+    parts.append(f"{law.n_points_} points, R² {law.r2_:.3f}")
+    return " · ".join(parts)
 
 
 def format_plan_table(result: PlanResult) -> list[dict[str, str]]:
