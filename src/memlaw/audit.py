@@ -70,7 +70,7 @@ def _budget_and_scores(
                 input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
             ).logits
             nll, mask = token_nll(logits, batch["labels"])
-            scores += token_scores(logits, batch["labels"])
+            scores += token_scores(logits, batch["labels"], nll=nll, mask=mask)
             probabilities = logits[:, :-1].float().softmax(-1)[mask]
             targets = batch["labels"][:, 1:][mask]
             # d ℓ / d logits = softmax − onehot(target): its norm is the gradient SFT sends back

@@ -38,9 +38,17 @@ class TokenScores:
         return [math.exp(-x) for x in self.nll]
 
 
-def token_scores(logits: torch.Tensor, labels: torch.Tensor) -> list[TokenScores]:
-    """Each row's target-token losses and argmax hits, from a batch's logits and labels."""
-    nll, mask = token_nll(logits, labels)
+def token_scores(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    nll: torch.Tensor | None = None,
+    mask: torch.Tensor | None = None,
+) -> list[TokenScores]:
+    """Each row's target-token losses and argmax hits, from a batch's logits and labels.
+    ``nll`` and ``mask``: :func:`token_nll`'s result, when the caller has it already."""
+    if nll is None or mask is None:
+        nll, mask = token_nll(logits, labels)
     ok = (logits[:, :-1].argmax(-1) == labels[:, 1:]) & mask
     return [
         TokenScores(nll[r][mask[r]].tolist(), ok[r][mask[r]].tolist()) for r in range(len(mask))
