@@ -109,6 +109,7 @@ def test_save_load_round_trip(fitted, tmp_path):
     np.testing.assert_allclose(loaded.predict(n_eff, length), fitted.predict(n_eff, length))
     assert loaded.intervals_ == fitted.intervals_
     assert loaded.r2_ == fitted.r2_
+    assert loaded.n_bootstrap_ok_ == record["bootstrap_ok"] == 100
     assert loaded.points_ == fitted.points_
     assert loaded.to_dict() == fitted.to_dict()
 

@@ -766,6 +766,10 @@ def fit_command(
         interval = "-" if low is None else f"[{low:.4g}, {high:.4g}]"
         table.add_row(name, f"{getattr(law, name + '_'):.4g}", interval)
     console.print(table)
+    if law.n_bootstrap:
+        console.print(
+            f"intervals: {law.n_bootstrap_ok_} of {law.n_bootstrap} bootstrap refits succeeded"
+        )
     holdout = fitted["holdout"]
     if isinstance(holdout, dict) and "mean_relative_error" in holdout:
         console.print(

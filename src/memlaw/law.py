@@ -524,6 +524,7 @@ class MemoryLaw:
             "rss_log": getattr(self, "rss_log_", None),
             "n_points": getattr(self, "n_points_", None),
             "dropped": getattr(self, "dropped_", 0),
+            "bootstrap_ok": getattr(self, "n_bootstrap_ok_", None),
             "metadata": dict(getattr(self, "metadata_", {})),
             "points": [p.to_dict() for p in getattr(self, "points_", [])],
         }
@@ -600,6 +601,8 @@ class MemoryLaw:
         n_points = payload.get("n_points")
         law.n_points_ = None if n_points is None else int(number(n_points, "n_points"))
         law.dropped_ = int(number(payload.get("dropped", 0), "dropped"))
+        ok = payload.get("bootstrap_ok")  # absent from laws saved before it was recorded
+        law.n_bootstrap_ok_ = None if ok is None else int(number(ok, "bootstrap_ok"))
         metadata = payload.get("metadata", {})
         if not isinstance(metadata, Mapping):
             raise malformed("metadata must be an object")
