@@ -211,6 +211,7 @@ def test_plan_names_the_law_and_refuses_other_modules(tmp_path, capsys, monkeypa
     )
     assert code == 0, err
     assert f"LoRA on {fitted_on}" in out and "smollm2-135m" in out
+    assert "rank None" not in out and "(None)" not in out
     other = "q_proj" if fitted_on != "q_proj" else "mlp"
     err = one_line_error(
         capsys,

@@ -28,7 +28,8 @@ from tests.test_cli import memlaw
 
 HAS_CUDA = torch.cuda.is_available()
 cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")
-SHIPPED_DB = Path(__file__).resolve().parents[1] / "laws" / "smollm2-135m.db"
+# The MLP pilot sweep: a database written before device, dtype and fast_path were settings.
+SHIPPED_DB = Path(__file__).resolve().parents[1] / "laws" / "smollm2-135m-mlp.db"
 
 
 def finite(*values) -> bool:
@@ -186,7 +187,7 @@ def test_a_database_that_spells_out_the_defaults_is_accepted(tmp_path):
         )
 
 
-@pytest.mark.skipif(not SHIPPED_DB.is_file(), reason="laws/smollm2-135m.db is not here")
+@pytest.mark.skipif(not SHIPPED_DB.is_file(), reason="laws/smollm2-135m-mlp.db is not here")
 def test_the_shipped_smollm2_database_resumes_on_the_command_line(tmp_path, capsys, monkeypatch):
     db = shutil.copy(SHIPPED_DB, tmp_path / "smollm2.db")  # resuming writes to the file
     spec = SweepStore(db).spec()

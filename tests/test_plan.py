@@ -445,8 +445,9 @@ def test_plan_says_when_the_law_was_fitted_on_capped_points():
         rows, metadata={"model": "tiny", "max_steps": 600}, include_capped=True, n_bootstrap=0
     )
     assert fitted["law"].metadata_["capped_in_fit"] == 4
+    assert fitted["law"].metadata_["runs_in_fit"] == 20
     notes = plan(fitted["law"], 256).notes
-    assert any("4 of the 20 points" in n and "600-step cap" in n for n in notes)
+    assert any("4 of the 20 runs" in n and "600-step cap" in n for n in notes)
     # Without capped rows in the fit, no such note.
     clean = fit_sweep(rows, metadata={"model": "tiny"}, n_bootstrap=0)
     assert clean["law"].metadata_["capped_in_fit"] == 0

@@ -866,9 +866,17 @@ def plan_command(
             table.add_row(*row.values())
         console.print(table)
         console.print(f"law: {describe_law(law)}", soft_wrap=True)
-        console.print(
-            f"diminishing returns from rank {result.diminishing_rank}; full recall predicted at rank {result.recall_rank} ({result.recall_source})"
+        diminishing = (
+            f"diminishing returns from rank {result.diminishing_rank}"
+            if result.diminishing_rank is not None
+            else "no diminishing-returns rank in this grid"
         )
+        recall = (
+            f"full recall predicted at rank {result.recall_rank} ({result.recall_source})"
+            if result.recall_rank is not None
+            else "no full-recall rank predicted (see the notes)"
+        )
+        console.print(f"{diminishing}; {recall}")
         for note in result.notes:
             console.print(f"note: {note}")
     plot_plan(result, law, png)

@@ -307,6 +307,7 @@ def fit_sweep(
         "excluded_saturated": saturated,
         # Kept rows that stopped at the step cap: for them ΔL is what the budget stored.
         "capped_in_fit": sum(1 for _, row in indexed if row["hit_cap"]),
+        "runs_in_fit": len(indexed),  # sweep rows, before averaging over seeds
         BOUNDARY_KEY: boundary,
         HOLDOUT_KEY: _holdout_summary(holdout),
         FORMS_KEY: forms,
@@ -498,9 +499,9 @@ def plan(
     notes: list[str] = []
     capped = metadata.get("capped_in_fit")
     if isinstance(capped, int) and capped > 0:
-        cap = metadata.get("max_steps")
+        cap, runs = metadata.get("max_steps"), metadata.get("runs_in_fit")
         notes.append(
-            f"{capped} of the {law.n_points_} points the law was fitted on stopped at the "
+            f"{capped}{f' of the {runs}' if runs else ''} runs the law was fitted on stopped at the "
             + (f"{cap}-step " if cap else "")
             + "cap before ΔL plateaued: there it predicts what that training budget stores, "
             "a lower bound on capacity"
