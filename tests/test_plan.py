@@ -460,7 +460,7 @@ def test_describe_law_names_what_the_law_was_measured_on():
     law = fit_sweep(rows, metadata=metadata, n_bootstrap=0)["law"]
     line = describe_law(law)
     assert line.startswith("tiny · LoRA on v_proj · sft · random data · lr 0.02")
-    assert line.endswith(f"12 points, R² {law.r2_:.3f}")
+    assert line.endswith(f"12 points · R² {law.r2_:.3f}")
 
 
 def test_plan_refuses_a_law_fitted_on_other_modules():

@@ -619,7 +619,10 @@ def describe_law(law: MemoryLaw) -> str:
     ...     points, metadata={"model": "tiny", "modules": "v_proj", "method": "sft",
     ...                       "data": "random", "lr": 0.02, "max_steps": 150})
     >>> describe_law(law)
-    'tiny · LoRA on v_proj · sft · random data · lr 0.02 · ≤ 150 steps · 12 points, R² 1.000'
+    'tiny · LoRA on v_proj · sft · random data · lr 0.02 · ≤ 150 steps · 12 points · R² 1.000'
+    >>> describe_law(MemoryLaw.from_dict({"format": "memlaw.law/1", "form": "no-offset",
+    ...     "params": {"C": 1.0, "alpha": 0.3, "beta": 0.4, "b": 0.0}}))
+    'unknown model'
     """
     meta = dict(getattr(law, "metadata_", {}) or {})
     parts = [str(meta.get("model", "unknown model"))]
@@ -635,7 +638,10 @@ def describe_law(law: MemoryLaw) -> str:
         parts.append(f"lr {meta['lr']:g}")
     if meta.get("max_steps"):
         parts.append(f"≤ {meta['max_steps']} steps")
-    parts.append(f"{law.n_points_} points, R² {law.r2_:.3f}")
+    if getattr(law, "n_points_", None):
+        parts.append(f"{law.n_points_} points")
+    if getattr(law, "r2_", None) is not None:
+        parts.append(f"R² {law.r2_:.3f}")
     return " · ".join(parts)
 
 
