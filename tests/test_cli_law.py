@@ -226,3 +226,25 @@ def test_plan_names_the_law_and_refuses_other_modules(tmp_path, capsys, monkeypa
     )
     assert f"fitted for LoRA on {fitted_on}, not {other}" in err
     assert not (tmp_path / "p2.png").exists()
+
+
+def test_plan_checks_the_law_before_reading_the_data(tmp_path, capsys, monkeypatch):
+    from memlaw.cli import reference_law_path
+
+    fitted_on = MemoryLaw.load(reference_law_path("smollm2-135m")).metadata_["modules"]
+    other = "q_proj" if fitted_on != "q_proj" else "mlp"
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text("{not json\n")
+    # The modules mismatch is reported, not the broken file: no model load, no base-loss pass.
+    err = one_line_error(
+        capsys,
+        monkeypatch,
+        "plan",
+        "--data",
+        broken,
+        "--modules",
+        other,
+        "--png",
+        tmp_path / "p.png",
+    )
+    assert f"not {other}" in err

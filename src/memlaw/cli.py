@@ -825,13 +825,14 @@ def plan_command(
     Example: memlaw plan --length 2000 --rank 8
     """
     from memlaw.law import MemoryLaw
-    from memlaw.plan import describe_law, format_plan_table, plan, plot_plan
+    from memlaw.plan import check_law_applies, describe_law, format_plan_table, plan, plot_plan
 
     if (length is None) == (data is None):
         raise MemlawError("give exactly one of --length N or --data FILE")
     if rank is not None and rank <= 0:
         raise MemlawError(f"--rank must be a positive integer, got {rank}")
     law = MemoryLaw.load(law_path or reference_law_path(model))
+    check_law_applies(law, model=model, modules=modules)  # before the base-loss pass
     if data is not None:
         from memlaw.data import encode_items, load_items, target_length
         from memlaw.probe import mean_target_loss, teacher_forced

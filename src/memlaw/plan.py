@@ -481,20 +481,8 @@ def plan(
     if not grid:
         raise MemlawError("ranks is empty; give at least one rank, e.g. 1, 2, 4, 8")
     metadata = dict(getattr(law, "metadata_", {}) or {})
+    check_law_applies(law, model=model, modules=modules)
     fitted_for = metadata.get("model")
-    if model is not None and fitted_for is not None and str(fitted_for) != str(model):
-        raise MemlawError(
-            f"the law was fitted for model {fitted_for}, not {model}: fit one for {model} "
-            "with memlaw sweep or pass its law"
-        )
-
-    fitted_modules = metadata.get("modules")
-    if modules is not None and fitted_modules is not None:
-        if _module_set(modules) != _module_set(str(fitted_modules)):
-            raise MemlawError(
-                f"the law was fitted for LoRA on {fitted_modules}, not {modules}: fit one with "
-                f"memlaw sweep --modules {modules} and memlaw fit, or pass its law"
-            )
 
     notes: list[str] = []
     capped = metadata.get("capped_in_fit")
@@ -607,6 +595,36 @@ def plan(
         current=current,
         notes=notes,
     )
+
+
+def check_law_applies(
+    law: MemoryLaw, *, model: str | None = None, modules: str | None = None
+) -> None:
+    """Fail when the law was fitted for another model, or on other adapted modules, than the
+    ones given (None: not checked). :func:`plan` runs it; callers can run it before costly work.
+
+    >>> law = MemoryLaw.from_dict({"format": "memlaw.law/1", "form": "no-offset",
+    ...     "params": {"C": 1.0, "alpha": 0.3, "beta": 0.4, "b": 0.0},
+    ...     "metadata": {"model": "tiny", "modules": "mlp"}})
+    >>> check_law_applies(law, model="tiny", modules="gate_proj,up_proj,down_proj")
+    >>> check_law_applies(law, modules="v_proj")
+    Traceback (most recent call last):
+    memlaw.errors.MemlawError: the law was fitted for LoRA on mlp, not v_proj: fit one with memlaw sweep --modules v_proj and memlaw fit, or pass its law
+    """
+    metadata = getattr(law, "metadata_", None) or {}
+    fitted_for = metadata.get("model")
+    if model is not None and fitted_for is not None and str(fitted_for) != str(model):
+        raise MemlawError(
+            f"the law was fitted for model {fitted_for}, not {model}: fit one for {model} "
+            "with memlaw sweep or pass its law"
+        )
+    fitted_modules = metadata.get("modules")
+    if modules is not None and fitted_modules is not None:
+        if _module_set(modules) != _module_set(str(fitted_modules)):
+            raise MemlawError(
+                f"the law was fitted for LoRA on {fitted_modules}, not {modules}: fit one with "
+                f"memlaw sweep --modules {modules} and memlaw fit, or pass its law"
+            )
 
 
 def describe_law(law: MemoryLaw) -> str:
