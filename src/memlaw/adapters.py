@@ -69,15 +69,25 @@ def decoder_layers(model: nn.Module) -> nn.ModuleList:
     raise MemlawError("cannot find the decoder layers of this model: pass explicit module names")
 
 
+def module_names(modules: str) -> tuple[str, ...]:
+    """The Linear names within a layer that ``modules`` means: a group (``mlp``, ``attn``,
+    ``all``) or comma-separated names.
+
+    >>> module_names("mlp"), module_names(" v_proj, o_proj ")
+    (('gate_proj', 'up_proj', 'down_proj'), ('v_proj', 'o_proj'))
+    """
+    return MODULE_GROUPS.get(modules) or tuple(
+        name.strip() for name in modules.split(",") if name.strip()
+    )
+
+
 def target_module_names(model: nn.Module, spec: LoraSpec) -> list[str]:
     """Full names of the Linear modules to adapt, checked against the model."""
     if spec.rank <= 0:
         raise MemlawError(f"rank must be a positive integer, got {spec.rank}")
     if not 0.0 <= spec.dropout < 1.0:
         raise MemlawError(f"LoRA dropout must be within [0, 1), got {spec.dropout}")
-    wanted = MODULE_GROUPS.get(spec.modules) or tuple(
-        name.strip() for name in spec.modules.split(",") if name.strip()
-    )
+    wanted = module_names(spec.modules)
     if not wanted:
         raise MemlawError("no modules given: use mlp, attn, all or module names")
     layers = decoder_layers(model)

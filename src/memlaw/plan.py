@@ -408,10 +408,9 @@ def _positive_int(value: Any, name: str, hint: str) -> int:
 
 def _module_set(modules: str) -> frozenset[str]:
     """``mlp`` and ``gate_proj,up_proj,down_proj`` name the same adapted modules."""
-    from memlaw.adapters import MODULE_GROUPS
+    from memlaw.adapters import module_names
 
-    names = [name.strip() for name in modules.split(",") if name.strip()]
-    return frozenset(part for name in names for part in MODULE_GROUPS.get(name, (name,)))
+    return frozenset(module_names(modules))
 
 
 def _fitted_range(law: MemoryLaw) -> tuple[tuple[float, float], tuple[float, float]] | None:
