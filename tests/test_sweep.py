@@ -30,7 +30,7 @@ def test_sweep_fills_the_grid_once_and_resumes(tmp_path):
     for row in rows:
         assert row["n_eff"] == row["rank"] * row["layers"]
         assert row["delta_loss"] == pytest.approx(row["base_loss"] - row["final_loss"])
-        assert row["stop_reason"] in ("plateau", "budget")
+        assert row["stop_reason"] in ("plateau", "budget", "certified")
         assert row["hit_cap"] == (row["stop_reason"] == "budget")
         assert len(row["record"]["probabilities"]) == row["length"]
         assert row["steps"] == len(row["record"]["losses"])
@@ -41,10 +41,37 @@ def test_sweep_fills_the_grid_once_and_resumes(tmp_path):
 
 
 def test_a_database_from_another_sweep_is_refused(tmp_path):
-    SweepStore(tmp_path / "s.db", tiny_spec())
+    spec = tiny_spec(ranks=(1,), lengths=(8,), max_steps=2)
+    run_sweep(spec, SweepStore(tmp_path / "s.db", spec), LocalExecutor(workers=1), progress=False)
     with pytest.raises(MemlawError, match=r"other settings \(lr: 0.01 vs 0.02\)"):
-        SweepStore(tmp_path / "s.db", tiny_spec(lr=0.02))
-    SweepStore(tmp_path / "s.db", tiny_spec(ranks=(8,)))  # a larger grid, same settings: fine
+        SweepStore(tmp_path / "s.db", tiny_spec(lr=0.02, max_steps=2))
+    SweepStore(tmp_path / "s.db", spec)  # a larger grid, same settings: fine
+    SweepStore(tmp_path / "s.db", tiny_spec(ranks=(8,), max_steps=2))
+
+
+def test_a_store_with_no_finished_point_takes_corrected_settings(tmp_path):
+    SweepStore(tmp_path / "s.db", tiny_spec())  # as a sweep whose first point failed leaves it
+    store = SweepStore(tmp_path / "s.db", tiny_spec(lr=0.02))
+    assert store.spec().lr == 0.02
+
+
+def test_reading_never_writes_and_refuses_foreign_databases(tmp_path):
+    foreign = tmp_path / "other.db"
+    connection = sqlite3.connect(foreign)
+    connection.execute("CREATE TABLE t (x)")
+    connection.commit()
+    connection.close()
+    before = foreign.read_bytes()
+    with pytest.raises(MemlawError, match="not a memlaw sweep"):
+        SweepStore(foreign)
+    with pytest.raises(MemlawError, match="not a memlaw sweep"):
+        SweepStore(foreign, tiny_spec())
+    assert foreign.read_bytes() == before
+    empty = tmp_path / "empty.db"
+    empty.write_bytes(b"")
+    with pytest.raises(MemlawError, match="not a memlaw sweep"):
+        SweepStore(empty)
+    assert empty.read_bytes() == b""
 
 
 def test_corrupt_database_is_refused(tmp_path):
@@ -138,8 +165,8 @@ def test_reference_path_sweep_gives_the_fast_paths_losses_and_is_its_own_sweep(t
     assert fast["record"]["config"]["forward"].startswith("fast path")
     assert reference["record"]["config"]["forward"] == "reference path requested"
     assert fast["record"]["losses"] == pytest.approx(reference["record"]["losses"], rel=1e-4)
-    SweepStore(tmp_path / "s.db", tiny_spec())
+    SweepStore(tmp_path / "s.db", tiny_spec(max_steps=8)).add(fast)
     with pytest.raises(MemlawError, match="fast_path: True vs False"):
-        SweepStore(tmp_path / "s.db", tiny_spec(fast_path=False))
+        SweepStore(tmp_path / "s.db", tiny_spec(max_steps=8, fast_path=False))
     # fast_path at its default is left out of the settings, so older databases still match
     assert "fast_path" not in tiny_spec().shared_settings()

@@ -591,8 +591,22 @@ def sweep_command(
     modules: str = typer.Option("mlp", "--modules", help="mlp, attn, all, or module names."),
     lr: float = typer.Option(1e-2, "--lr", help="AdamW learning rate."),
     max_steps: int = typer.Option(600, "--max-steps", help="Step cap of each point."),
+    max_epochs: int = typer.Option(
+        None, "--max-epochs", help="Epoch cap of each point (replaces --max-steps)."
+    ),
+    batch_size: int = typer.Option(0, "--batch-size", help="Items per step (0: the whole set)."),
+    stop_at_certified: bool = typer.Option(
+        True,
+        "--stop-at-certified/--train-past-certified",
+        help="End a point once every target token has p > 0.5.",
+    ),
+    plateau_on: str = typer.Option(
+        "information",
+        "--plateau-on",
+        help="information (min(L0, H) - L1, H the data's baseline) or delta_loss.",
+    ),
     plateau_window: int = typer.Option(
-        50, "--plateau-window", help="Steps per window of the plateau test."
+        50, "--plateau-window", help="Epochs per window of the plateau test."
     ),
     plateau_tolerance: float = typer.Option(
         0.01,
@@ -636,12 +650,8 @@ def sweep_command(
     On GPUs of a Ray cluster: memlaw sweep --device cuda --dtype bfloat16 --executor ray --address auto
     """
     from memlaw.sweep import LocalExecutor, SweepSpec, SweepStore, check_device, run_sweep
-    from memlaw.train import METHODS
 
     method_list = tuple(m.strip() for m in methods.split(",") if m.strip())
-    unknown = [m for m in method_list if m not in METHODS]
-    if unknown:
-        raise MemlawError(f"unknown method(s) {', '.join(unknown)}: use {', '.join(METHODS)}")
     if workers is not None and workers <= 0:
         raise MemlawError(f"--workers must be positive, got {workers}")
     if executor not in ("local", "ray"):
@@ -659,6 +669,10 @@ def sweep_command(
         modules=modules,
         lr=lr,
         max_steps=max_steps,
+        max_epochs=max_epochs,
+        batch_size=batch_size,
+        stop_at_certified=stop_at_certified,
+        plateau_on=plateau_on,
         plateau_window=plateau_window,
         plateau_tolerance=plateau_tolerance,
         device=device,

@@ -170,7 +170,7 @@ def generate_phonebook(n: int, seed: int = 0) -> list[MemoryItem]:
     return items
 
 
-def _ordinary_token_ids(tokenizer) -> list[int]:
+def ordinary_token_ids(tokenizer) -> list[int]:
     special = set(tokenizer.all_special_ids)
     return [i for i in range(len(tokenizer)) if i not in special]
 
@@ -185,7 +185,7 @@ def generate_random_tokens(
     if length <= 0:
         raise MemlawError(f"length must be positive, got {length}")
     rng = random.Random(seed)
-    vocabulary = _ordinary_token_ids(tokenizer)
+    vocabulary = ordinary_token_ids(tokenizer)
     ids = tuple(rng.choice(vocabulary) for _ in range(length))
     return [MemoryItem(prompt, tokenizer.decode(list(ids)), ids)]
 
@@ -231,7 +231,7 @@ def generate_noisy_text(
         raise MemlawError(f"the source text has {len(ids)} tokens, fewer than length {length}")
     ids = list(ids[:length])
     rng = random.Random(seed)
-    vocabulary = _ordinary_token_ids(tokenizer)
+    vocabulary = ordinary_token_ids(tokenizer)
     for position in rng.sample(range(length), round(random_fraction * length)):
         ids[position] = rng.choice(vocabulary)
     return [MemoryItem(prompt, tokenizer.decode(ids), tuple(ids))]

@@ -34,7 +34,15 @@ SCHEMA_VERSION = 1
 DATA_KINDS = ("random", "phonebook", "noisy")
 # Settings added after the first databases were written, with the value those databases ran
 # under: a stored sweep that lacks one of them ran with that value.
-LATER_SETTINGS = {"device": "cpu", "dtype": "float32", "fast_path": True}
+LATER_SETTINGS = {
+    "device": "cpu",
+    "dtype": "float32",
+    "fast_path": True,
+    "batch_size": 0,
+    "max_epochs": None,
+    "stop_at_certified": False,
+    "plateau_on": "delta_loss",
+}
 
 
 @dataclass(frozen=True)
@@ -43,8 +51,12 @@ class SweepSpec:
 
     ``data`` is a generator (``random``: one random-token sequence; ``phonebook``; ``noisy:F``:
     the built-in text with a fraction F of random tokens) or a data file truncated to each ℓ.
-    Points stop when the mean loss of the last ``plateau_window`` steps improved by less than
-    ``plateau_tolerance`` (relative) on the window before, or at ``max_steps``. ``device``
+    Points train ``batch_size`` items per step (0: the whole set) and stop at a plateau: over the
+    last ``plateau_window`` epochs the memorized loss (``plateau_on="information"``:
+    min(L0, H) − L1 with H the data's information baseline; ``"delta_loss"``: ΔL) grew by less
+    than ``plateau_tolerance`` (relative) on the window before and no more items were certified.
+    Otherwise they stop at certified recall (``stop_at_certified``), or at the cap:
+    ``max_epochs`` when given, else ``max_steps``. ``device``
     (``cpu``, ``cuda``, ``cuda:N``) and ``dtype`` (``float32``, ``bfloat16``, ``float16``: the
     base model's weights; LoRA weights and losses stay float32) say where each point trains.
 
@@ -68,6 +80,10 @@ class SweepSpec:
     device: str = "cpu"
     dtype: str = "float32"
     fast_path: bool = True  # False: the plain PEFT forward (the reference; same losses, slower)
+    batch_size: int = 0
+    max_epochs: int | None = None
+    stop_at_certified: bool = True
+    plateau_on: str = "information"
 
     def __post_init__(self) -> None:
         for name in ("ranks", "lengths", "layer_counts", "seeds", "methods"):
@@ -80,6 +96,21 @@ class SweepSpec:
                 raise MemlawError(f"{name} must be positive integers, got {list(values)}")
         if self.max_steps <= 0 or self.plateau_window <= 0:
             raise MemlawError("max_steps and plateau_window must be positive")
+        if self.max_epochs is not None and self.max_epochs <= 0:
+            raise MemlawError(f"max_epochs must be positive, got {self.max_epochs}")
+        if self.batch_size < 0:
+            raise MemlawError(
+                f"batch_size must be 0 (whole set) or positive, got {self.batch_size}"
+            )
+        if self.plateau_on not in ("information", "delta_loss"):
+            raise MemlawError(
+                f"plateau_on must be information or delta_loss, got '{self.plateau_on}'"
+            )
+        from memlaw.train import METHODS
+
+        unknown = [m for m in self.methods if m not in METHODS]
+        if unknown:
+            raise MemlawError(f"unknown method(s) {', '.join(unknown)}: use {', '.join(METHODS)}")
         kind = self.data.split(":")[0]
         if kind not in DATA_KINDS and not Path(self.data).is_file():
             raise MemlawError(
@@ -172,29 +203,48 @@ def memory_set_for(spec: SweepSpec, length: int, tokenizer) -> list:
     return data.encode_items(items, tokenizer, length=length)
 
 
+def baseline_for(spec: SweepSpec, encoded: list, tokenizer):
+    """The information baseline H of this sweep's memory set (memlaw.information)."""
+    from memlaw.information import information_baseline
+
+    kind = spec.data.partition(":")[0]
+    generator = kind if kind in DATA_KINDS else None
+    return information_baseline(
+        [e.target_ids for e in encoded], generator=generator, tokenizer=tokenizer
+    )
+
+
 def run_point(spec: SweepSpec, point: SweepPoint) -> dict:
     """Train one point and return its row (runs in a worker process)."""
     from memlaw.adapters import LoraSpec
+    from memlaw.information import memorized_bits
     from memlaw.models import load_model
-    from memlaw.train import TrainConfig, train
+    from memlaw.train import TrainConfig, epoch_summaries, train
 
     model, tokenizer = load_model(spec.model, dtype=spec.dtype, device=spec.device)
     encoded = memory_set_for(spec, point.length, tokenizer)
+    baseline = baseline_for(spec, encoded, tokenizer)
     layers = adapted_layers(point.layers, model.config.num_hidden_layers)
     lora = LoraSpec(rank=point.rank, layers=layers, modules=spec.modules)
     config = TrainConfig(
         method=point.method,
         lr=spec.lr,
         steps=spec.max_steps,
+        epochs=spec.max_epochs,
+        batch_size=spec.batch_size,
         seed=point.seed,
-        stop_when_certified=False,  # certified recall would cut ΔL short of capacity
+        stop_when_certified=spec.stop_at_certified,
         fast_path=spec.fast_path,
         plateau_window=spec.plateau_window,
         plateau_tolerance=spec.plateau_tolerance,
+        information_baseline=baseline.nats_per_token if spec.plateau_on == "information" else None,
     )
     started = time.perf_counter()
     result = train(model, tokenizer, encoded, lora, config)
     record = result.record()
+    bits = memorized_bits(
+        record["length"], record["base_loss"], record["final_loss"], baseline.nats_per_token
+    )
     return {
         "key": point.key,
         **asdict(point),
@@ -210,9 +260,16 @@ def run_point(spec: SweepSpec, point: SweepPoint) -> dict:
         "hit_cap": record["stop_reason"] == "budget",
         "train_seconds": record["train_seconds"],
         "wall_seconds": time.perf_counter() - started,
+        "data_kind": baseline.kind,
+        "info_baseline": baseline.nats_per_token,
+        "memorized_bits": bits,
+        "epochs": result.log[-1].epoch if result.log else 0,
+        "token_certified_share": record["token_certified_share"],
         "record": {
             "config": record["config"],
             "losses": [entry["loss"] for entry in record["log"]],
+            "epochs": [list(e) for e in epoch_summaries(result.log)],
+            "baseline": baseline.to_dict(),
             "probabilities": [p for item in result.report.items for p in item.probabilities],
         },
     }
@@ -226,6 +283,14 @@ COLUMNS = (
     "delta_loss REAL, exact_match REAL, certified_share REAL, steps INTEGER, stop_reason TEXT, "
     "hit_cap INTEGER, train_seconds REAL, wall_seconds REAL, record TEXT, finished_at REAL"
 )
+# Columns added after the first databases were written (NULL in their rows).
+LATER_COLUMNS = (
+    "data_kind TEXT",
+    "info_baseline REAL",
+    "memorized_bits REAL",
+    "epochs INTEGER",
+    "token_certified_share REAL",
+)
 
 
 class SweepStore:
@@ -233,12 +298,19 @@ class SweepStore:
     with one row per finished point."""
 
     def __init__(self, path: str | Path, spec: SweepSpec | None = None):
+        """With ``spec``: open (or create) the store to run that sweep into. Without: open an
+        existing store read-only; a file that is not a memlaw sweep is refused untouched."""
         self.path = Path(path)
-        if spec is None and not self.path.is_file():
-            raise MemlawError(f"sweep database '{self.path}' does not exist")
+        if spec is None:
+            self.connection = self._open_read_only()
+            return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
             self.connection = sqlite3.connect(self.path, timeout=30)
+            if not self._is_sweep() and self._has_tables():
+                raise MemlawError(
+                    f"'{self.path}' is a database but not a memlaw sweep: use another --db"
+                )
             self.connection.execute("PRAGMA journal_mode=WAL")
             self.connection.execute("PRAGMA synchronous=FULL")
             with self.connection:
@@ -246,30 +318,63 @@ class SweepStore:
                     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)"
                 )
                 self.connection.execute(f"CREATE TABLE IF NOT EXISTS points ({COLUMNS})")
+                present = {r[1] for r in self.connection.execute("PRAGMA table_info(points)")}
+                for column in LATER_COLUMNS:
+                    if column.split()[0] not in present:
+                        self.connection.execute(f"ALTER TABLE points ADD COLUMN {column}")
             stored = dict(self.connection.execute("SELECT key, value FROM meta").fetchall())
         except sqlite3.DatabaseError as exc:
             raise MemlawError(f"'{self.path}' is not a usable sweep database ({exc})") from None
-        if spec is not None:
-            settings = json.dumps(spec.shared_settings(), sort_keys=True)
-            if "settings" in stored and not _same_settings(stored["settings"], settings):
+        settings = json.dumps(spec.shared_settings(), sort_keys=True)
+        empty = not self.finished_keys()
+        if "settings" in stored and not _same_settings(stored["settings"], settings) and not empty:
+            raise MemlawError(
+                f"'{self.path}' holds a sweep with other settings ({_difference(stored['settings'], settings)}): "
+                "use another --db or the same settings"
+            )
+        # A store with no finished point may take corrected settings (a first point that failed).
+        with self.connection:
+            verb = "REPLACE" if empty else "IGNORE"
+            self.connection.execute(
+                f"INSERT OR {verb} INTO meta VALUES ('settings', ?), ('schema', ?)",
+                (settings, str(SCHEMA_VERSION)),
+            )
+            self.connection.execute(
+                "INSERT OR REPLACE INTO meta VALUES ('spec', ?)", (spec.to_json(),)
+            )
+
+    def _open_read_only(self) -> sqlite3.Connection:
+        if not self.path.is_file():
+            raise MemlawError(f"sweep database '{self.path}' does not exist")
+        try:
+            self.connection = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True)
+            if not self._is_sweep():
                 raise MemlawError(
-                    f"'{self.path}' holds a sweep with other settings ({_difference(stored['settings'], settings)}): "
-                    "use another --db or the same settings"
+                    f"'{self.path}' is not a memlaw sweep database (no sweep settings in it): "
+                    "give the --db that memlaw sweep wrote"
                 )
-            with self.connection:
-                self.connection.execute(
-                    "INSERT OR IGNORE INTO meta VALUES ('settings', ?), ('schema', ?)",
-                    (settings, str(SCHEMA_VERSION)),
-                )
-                self.connection.execute(
-                    "INSERT OR REPLACE INTO meta VALUES ('spec', ?)", (spec.to_json(),)
-                )
-        elif "settings" not in stored:
-            raise MemlawError(f"'{self.path}' holds no sweep (no settings recorded)")
+        except sqlite3.DatabaseError as exc:
+            raise MemlawError(f"'{self.path}' is not a usable sweep database ({exc})") from None
+        return self.connection
+
+    def _has_tables(self) -> bool:
+        return bool(self.connection.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall())
+
+    def _is_sweep(self) -> bool:
+        tables = {
+            name
+            for (name,) in self.connection.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table'"
+            )
+        }
+        if not {"meta", "points"} <= tables:
+            return False
+        return bool(self.connection.execute("SELECT 1 FROM meta WHERE key = 'settings'").fetchall())
 
     def spec(self) -> SweepSpec:
+        """The sweep's settings; a setting its database predates takes the value it ran under."""
         (value,) = self.connection.execute("SELECT value FROM meta WHERE key = 'spec'").fetchone()
-        return SweepSpec(**json.loads(value))
+        return SweepSpec(**(LATER_SETTINGS | json.loads(value)))
 
     def finished_keys(self) -> set[str]:
         return {key for (key,) in self.connection.execute("SELECT key FROM points")}
@@ -277,7 +382,7 @@ class SweepStore:
     def add(self, row: dict) -> None:
         """Write one finished point in one transaction (a repeat of a key is ignored)."""
         values = {**row, "record": json.dumps(row["record"]), "finished_at": time.time()}
-        names = [c.split()[0] for c in COLUMNS.split(", ")]
+        names = [c.split()[0] for c in (*COLUMNS.split(", "), *LATER_COLUMNS)]
         with self.connection:
             self.connection.execute(
                 f"INSERT OR IGNORE INTO points ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})",
@@ -291,7 +396,9 @@ class SweepStore:
         names = [d[0] for d in cursor.description]
         rows = []
         for values in cursor.fetchall():
-            row = dict(zip(names, values, strict=True))
+            row = {c.split()[0]: None for c in LATER_COLUMNS} | dict(
+                zip(names, values, strict=True)
+            )
             row["hit_cap"] = bool(row["hit_cap"])
             row["record"] = json.loads(row["record"]) if with_record else None
             rows.append(row)
@@ -457,7 +564,10 @@ class _SweepProgress:
     def finished(self, point: SweepPoint, row: dict) -> None:
         self.running.discard(point.key)
         self.left -= 1
-        last = f"{point.key} ΔL={row['delta_loss']:.3f}{' (cap)' if row['hit_cap'] else ''}"
+        last = (
+            f"{point.key} ΔL={row['delta_loss']:.3f} {row['memorized_bits']:.0f} bits "
+            f"{row['stop_reason']}"
+        )
         self.progress.update(
             self.task, advance=1, running=len(self.running), left=self.left, last=last
         )

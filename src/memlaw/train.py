@@ -81,10 +81,13 @@ class TrainConfig:
     # how tokens cross the boundary and whether they slide back.
     record_token_probabilities: bool = False
     fast_path: bool = True  # cache the frozen layers below the adapter (memlaw.forward)
-    # Stop at a plateau: ΔL (base loss minus the mean loss of the last window) grew on the window
-    # before by less than this relative tolerance (None: train the whole budget).
+    # Stop at a plateau, measured in epochs: over the last ``plateau_window`` epochs the
+    # memorized loss (min(L0, H) − L1, see memlaw.information) grew by less than this relative
+    # tolerance on the window before, and no more items were certified (None: train the budget).
     plateau_window: int | None = None
     plateau_tolerance: float = 0.01
+    # H, the data's information baseline per token (None: L0, i.e. the plateau is on ΔL).
+    information_baseline: float | None = None
 
     def validate(self) -> None:
         if self.method not in METHODS:
@@ -132,6 +135,8 @@ class StepLog:
     skipped: bool  # no update: MemFT had nothing below the boundary
     grad_norm: float | None
     seconds: float
+    epoch: int = 1
+    tokens: int = 0  # supervised tokens in the batch
 
 
 @dataclass
@@ -336,12 +341,20 @@ def train(
             skipped=skipped,
             grad_norm=grad_norm,
             seconds=time.perf_counter() - tick,
+            epoch=epoch + 1,
+            tokens=int(mask.sum()),
         )
         log.append(entry)
         if on_step is not None:
             on_step(entry, total_steps)
-        if config.plateau_window and _plateaued(
-            log, base_loss, config.plateau_window, config.plateau_tolerance
+        epoch_ends = (step + 1) % batches_per_epoch == 0
+        ceiling = base_loss
+        if config.information_baseline is not None:
+            ceiling = min(base_loss, config.information_baseline)
+        if (
+            config.plateau_window
+            and epoch_ends
+            and _plateaued(log, ceiling, config.plateau_window, config.plateau_tolerance)
         ):
             stop_reason = "plateau"
             break
@@ -373,15 +386,34 @@ def train(
     return result
 
 
-def _plateaued(log: list[StepLog], base_loss: float, window: int, tolerance: float) -> bool:
-    """ΔL over the last ``window`` steps grew by less than ``tolerance`` (relative) on the
-    window before. Relative to ΔL, not to the loss: a loss falling from 0.02 to 0.01 halves,
-    yet ΔL has converged, which is what a law sweep measures."""
-    if len(log) < 2 * window:
+def epoch_summaries(log: list[StepLog]) -> list[tuple[float, int]]:
+    """Per epoch: the token-weighted mean loss and the certified items, both from each batch's
+    forward pass before its update."""
+    sums: dict[int, list[float]] = {}
+    for entry in log:
+        total = sums.setdefault(entry.epoch, [0.0, 0, 0])
+        weight = max(entry.tokens, 1)
+        total[0] += entry.loss * weight
+        total[1] += weight
+        total[2] += entry.certified_items
+    return [(loss / weight, int(certified)) for loss, weight, certified in sums.values()]
+
+
+def _plateaued(log: list[StepLog], ceiling: float, window: int, tolerance: float) -> bool:
+    """Over the last ``window`` epochs the memorized loss ``ceiling − L1`` grew by less than
+    ``tolerance`` (relative) on the window before, and the best count of certified items did
+    not rise. Relative to the memorized loss, not to the loss: a loss falling from 0.02 to 0.01
+    halves, yet memory has converged, which is what a law sweep measures; the certified count
+    keeps a run going while items still cross the recall boundary."""
+    epochs = epoch_summaries(log)
+    if len(epochs) < 2 * window:
         return False
-    last = sum(e.loss for e in log[-window:]) / window
-    before = sum(e.loss for e in log[-2 * window : -window]) / window
-    return before - last < tolerance * max(base_loss - last, 1e-12)
+    last, before = epochs[-window:], epochs[-2 * window : -window]
+    last_loss = sum(loss for loss, _ in last) / window
+    before_loss = sum(loss for loss, _ in before) / window
+    more_certified = max(c for _, c in last) > max(c for _, c in before)
+    grew = before_loss - last_loss >= tolerance * max(ceiling - last_loss, 1e-12)
+    return not (grew or more_certified)
 
 
 def _snapshot(params: list[torch.Tensor]) -> list[torch.Tensor]:
