@@ -34,9 +34,10 @@ from scipy.optimize import least_squares
 from memlaw.atomic import atomic_write_json
 from memlaw.errors import MemlawError
 
-FORMS = ("full", "no-offset", "rank")
+FORMS = ("full", "no-offset", "rank", "saturating")
 PARAMS = ("C", "alpha", "beta", "b")
 LAW_FORMAT = "memlaw.law/1"
+KIND_NAMES = {"random": "random tokens", "facts": "key→value facts", "text": "text"}
 
 # Bounds of the log-space fit. α and β are positive by definition of the law; 5 is far beyond
 # any published exponent (≈0.2–0.8) yet keeps the optimizer out of overflow. C is fitted as
@@ -61,7 +62,10 @@ class LawPoint:
     """One measurement: ΔL (nats per target token) reached with N_eff on ℓ target tokens.
 
     ``rank``, ``layers`` and ``trainable_params`` are optional; the ``"rank"`` form needs
-    ``rank`` and :func:`capacity` uses ``trainable_params``.
+    ``rank`` and :func:`capacity` uses ``trainable_params``. ``base_loss`` (L0) and
+    ``info_baseline`` (H per token, None: H = L0) make :func:`capacity` count memorized
+    information ℓ · max(0, min(L0, H) − L1) and let the ``"saturating"`` form respect the
+    ceiling; ``certified_share`` and ``exact_match`` feed the recall law.
 
     >>> LawPoint(n_eff=8, length=1000, delta_loss=0.4, rank=8, layers=1).n_eff
     8
@@ -74,6 +78,19 @@ class LawPoint:
     rank: int | None = None
     layers: int | None = None
     trainable_params: int | None = None
+    base_loss: float | None = None
+    info_baseline: float | None = None
+    certified_share: float | None = None
+    exact_match: float | None = None
+
+    @property
+    def ceiling(self) -> float | None:
+        """min(L0, H): the most of ΔL that can be memory (None without L0)."""
+        if self.base_loss is None:
+            return None
+        if self.info_baseline is None:
+            return float(self.base_loss)
+        return min(float(self.base_loss), float(self.info_baseline))
 
     @classmethod
     def from_dict(cls, record: Mapping[str, Any]) -> LawPoint:
@@ -170,17 +187,38 @@ def _log_power(theta: np.ndarray, log_x: np.ndarray, log_l: np.ndarray) -> np.nd
     return theta[0] + theta[1] * log_x - theta[2] * log_l
 
 
+def saturating_delta(power: Any, base_loss: Any, ceiling: Any) -> Any:
+    """The saturating form's ΔL: (L0 − H⁺) + H⁺ · (1 − exp(−power)), H⁺ = min(L0, H).
+
+    The part of ΔL that is not memory (L0 − H⁺: the data's format, or un-learning the base
+    model's over-confidence) comes first; the memorized part H⁺ · (1 − e^(−C·N^α·ℓ^(−β)))
+    grows as the paper's power law while it is small and can never pass H⁺, so ΔL never
+    passes L0 and memorized information never passes ℓ · H⁺. For β = 1 and a large ℓ the
+    memorized information tends to H⁺ · C · N^α nats: a capacity that depends on N_eff only.
+
+    >>> round(float(saturating_delta(1e9, 3.4, 2.3)), 6), round(float(saturating_delta(0.0, 3.4, 2.3)), 6)
+    (3.4, 1.1)
+    """
+    return (
+        np.asarray(base_loss)
+        - np.asarray(ceiling)
+        - np.asarray(ceiling) * np.expm1(-np.asarray(power))
+    )
+
+
 def _solve(
     log_x: np.ndarray,
     log_l: np.ndarray,
     delta: np.ndarray,
     offset: bool,
     starts: list[np.ndarray],
+    saturation: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> Any | None:
     """The best bounded least-squares fit over ``starts`` (θ = log C, α, β[, b]), or None.
 
     Residuals are log(prediction) − log(ΔL), so every point weighs by its relative error, as
-    ΔL spans orders of magnitude across a grid.
+    ΔL spans orders of magnitude across a grid. ``saturation`` (L0 and H⁺ per point) fits
+    the saturating form instead of the power law.
     """
     log_y = np.log(delta)
     lower = [LOG_C_BOUNDS[0], EXPONENT_BOUNDS[0], EXPONENT_BOUNDS[0]]
@@ -192,6 +230,9 @@ def _solve(
 
     def residuals(theta: np.ndarray) -> np.ndarray:
         log_power = _log_power(theta, log_x, log_l)
+        if saturation is not None:
+            predicted = saturating_delta(np.exp(log_power), *saturation)
+            return np.log(np.clip(predicted, 1e-300, None)) - log_y
         if not offset:
             return log_power - log_y
         return np.log(np.exp(log_power) + theta[3]) - log_y
@@ -213,7 +254,7 @@ def _solve(
                 result = least_squares(
                     residuals,
                     x0,
-                    jac=jacobian,
+                    jac="2-point" if saturation is not None else jacobian,
                     bounds=(lower_arr, upper_arr),
                     method="trf",
                     ftol=_TOLERANCE,
@@ -229,6 +270,13 @@ def _solve(
         if best is None or result.cost < best.cost:
             best = result
     return best
+
+
+def _saturating_power(delta: np.ndarray, base: np.ndarray, ceiling: np.ndarray) -> np.ndarray:
+    """The power C·N^α·ℓ^(−β) that the saturating form needs to reach each ΔL (clipped to the
+    attainable range): where its fit starts from."""
+    share = np.clip((delta - (base - ceiling)) / np.maximum(ceiling, 1e-12), 1e-6, 1 - 1e-6)
+    return -np.log1p(-share)
 
 
 def _start_grid(
@@ -257,12 +305,20 @@ def _describe_starts(offset: bool) -> str:
     return text
 
 
+# Bootstrap refits that must succeed before a law's intervals are trusted (below it they are
+# still widened to hold the estimate, and flagged).
+MIN_TRUSTED_REFITS = 20
+
+
 class MemoryLaw:
     """ΔL(N_eff, ℓ) = C · N_eff^α · ℓ^(−β) + b, fitted in log space with bootstrap intervals.
 
-    ``form``: ``"full"`` (all four parameters), ``"no-offset"`` (b fixed at 0) or ``"rank"``
+    ``form``: ``"full"`` (all four parameters), ``"no-offset"`` (b fixed at 0), ``"rank"``
     (like ``"full"``, with the rank instead of N_eff as capacity variable, for grids whose
-    layer counts vary; :meth:`predict` then takes a rank as first argument).
+    layer counts vary; :meth:`predict` then takes a rank as first argument), or
+    ``"saturating"`` (:func:`saturating_delta`: C, α, β with a ceiling at each point's
+    L0 and H⁺ = min(L0, H); its points need ``base_loss``, and :meth:`predict` takes the
+    memory set's L0 and H, by default the medians of the fitted points).
     ``n_bootstrap`` resamples of the points (with replacement, each refitted) give percentile
     intervals at ``confidence``; ``n_bootstrap=0`` skips them.
 
@@ -310,8 +366,27 @@ class MemoryLaw:
 
     @property
     def offset(self) -> bool:
-        """Whether the form fits b (``"no-offset"`` fixes it at 0)."""
-        return self.form != "no-offset"
+        """Whether the form fits b (``"no-offset"`` and ``"saturating"`` have none)."""
+        return self.form in ("full", "rank")
+
+    @property
+    def capacity_variable(self) -> str:
+        """``rank`` for form ``"rank"``, else ``n_eff``: what :meth:`predict` takes first."""
+        return "rank" if self.form == "rank" else "n_eff"
+
+    def capacity_of(self, rank: Any, layers: Any = 1) -> Any:
+        """The law's capacity variable for a LoRA of ``rank`` on ``layers`` layers.
+
+        >>> MemoryLaw("rank").capacity_of(4, 2), MemoryLaw().capacity_of(4, 2)
+        (4, 8)
+        """
+        return (
+            rank
+            if self.form == "rank"
+            else np.asarray(rank) * layers
+            if np.ndim(rank)
+            else rank * layers
+        )
 
     @property
     def n_params(self) -> int:
@@ -371,8 +446,10 @@ class MemoryLaw:
             )
 
         log_x, log_l = np.log(capacity), np.log(length)
-        starts = _start_grid(log_x, log_l, delta, self.offset)
-        best = _solve(log_x, log_l, delta, self.offset, starts)
+        saturation = self._saturation(points_kept)
+        target = delta if saturation is None else _saturating_power(delta, *saturation)
+        starts = _start_grid(log_x, log_l, target, self.offset)
+        best = _solve(log_x, log_l, delta, self.offset, starts, saturation)
         if best is None:
             raise MemlawError(
                 f"the law (form {self.form!r}) did not converge from any of {len(starts)} "
@@ -386,12 +463,27 @@ class MemoryLaw:
         self.dropped_ = dropped
         self.points_ = points_kept
         self.metadata_ = metadata
-        predicted = self._predict_arrays(capacity, length)
+        if saturation is not None:  # the memory set a plan assumes unless told its own
+            self.base_loss_ = float(np.median(saturation[0]))
+            self.ceiling_ = float(np.median(saturation[1]))
+        predicted = self._predict_arrays(capacity, length, saturation)
         self.rss_log_ = float(np.sum((np.log(predicted) - np.log(delta)) ** 2))
         self.r2_ = _r2(delta, predicted)
         self.r2_log_ = _r2(np.log(delta), np.log(predicted))
-        self._bootstrap(log_x, log_l, delta, theta)
+        self._bootstrap(log_x, log_l, delta, theta, saturation)
         return self
+
+    def _saturation(self, points: list[LawPoint]) -> tuple[np.ndarray, np.ndarray] | None:
+        """L0 and H⁺ per point for the saturating form (None for the power-law forms)."""
+        if self.form != "saturating":
+            return None
+        missing = [i for i, p in enumerate(points) if p.base_loss is None]
+        if missing:
+            raise MemlawError(
+                f"form 'saturating' needs the base loss L0 of every point; point {missing[0]} "
+                "has none (set LawPoint.base_loss, or use form='full')"
+            )
+        return _column(points, "base_loss"), np.array([p.ceiling for p in points])
 
     def _set_params(self, theta: np.ndarray) -> None:
         self.C_ = float(math.exp(theta[0]))
@@ -400,12 +492,18 @@ class MemoryLaw:
         self.b_ = float(theta[3]) if self.offset else 0.0
 
     def _bootstrap(
-        self, log_x: np.ndarray, log_l: np.ndarray, delta: np.ndarray, theta: np.ndarray
+        self,
+        log_x: np.ndarray,
+        log_l: np.ndarray,
+        delta: np.ndarray,
+        theta: np.ndarray,
+        saturation: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> None:
         """Percentile intervals from refits on points resampled with replacement."""
         self.intervals_: dict[str, tuple[float, float]] = {}
         self.bootstrap_params_ = np.empty((0, 4))
         self.n_bootstrap_ok_ = 0
+        self.intervals_trusted_ = False
         if self.n_bootstrap == 0:
             return
         rng = np.random.default_rng(self.seed)
@@ -425,12 +523,15 @@ class MemoryLaw:
                 or np.unique(log_l[pick]).size < 2
             ):
                 continue
-            result = _solve(log_x[pick], log_l[pick], delta[pick], self.offset, starts)
+            picked = None if saturation is None else (saturation[0][pick], saturation[1][pick])
+            result = _solve(log_x[pick], log_l[pick], delta[pick], self.offset, starts, picked)
             if result is None:
                 continue
             x = result.x
             rows.append([math.exp(x[0]), x[1], x[2], x[3] if self.offset else 0.0])
         self.n_bootstrap_ok_ = len(rows)
+        # Few refits give percentile "intervals" from a handful of values: flag them.
+        self.intervals_trusted_ = len(rows) >= max(MIN_TRUSTED_REFITS, self.n_bootstrap / 2)
         if not rows:
             warnings.warn(
                 f"no bootstrap refit out of {self.n_bootstrap} succeeded; the law has no "
@@ -438,18 +539,23 @@ class MemoryLaw:
                 stacklevel=3,
             )
             return
-        if len(rows) < self.n_bootstrap / 2:
+        if not self.intervals_trusted_:
             warnings.warn(
                 f"only {len(rows)} of {self.n_bootstrap} bootstrap refits succeeded; the "
-                "intervals are rough — add points to the grid",
+                f"intervals cannot be trusted (they need at least {MIN_TRUSTED_REFITS} and half "
+                "of the resamples) — add points to the grid or raise n_bootstrap",
                 stacklevel=3,
             )
         self.bootstrap_params_ = np.array(rows)
         tail = 100.0 * (1.0 - self.confidence) / 2.0
         low = np.percentile(self.bootstrap_params_, tail, axis=0)
         high = np.percentile(self.bootstrap_params_, 100.0 - tail, axis=0)
+        # A percentile interval of a skewed (or small) bootstrap can miss the estimate itself;
+        # widen it to hold the estimate, so that an interval never contradicts its value.
+        estimate = [math.exp(theta[0]), theta[1], theta[2], theta[3] if self.offset else 0.0]
         self.intervals_ = {
-            name: (float(lo), float(hi)) for name, lo, hi in zip(PARAMS, low, high, strict=True)
+            name: (float(min(lo, est)), float(max(hi, est)))
+            for name, lo, hi, est in zip(PARAMS, low, high, estimate, strict=True)
         }
 
     # --- using a fitted law ----------------------------------------------------------------
@@ -460,12 +566,32 @@ class MemoryLaw:
                 "this MemoryLaw is not fitted yet; call fit(points) or MemoryLaw.load(path)"
             )
 
-    def _predict_arrays(self, capacity: np.ndarray, length: np.ndarray) -> np.ndarray:
-        return self.C_ * capacity**self.alpha_ * length ** (-self.beta_) + self.b_
+    def _predict_arrays(
+        self,
+        capacity: np.ndarray,
+        length: np.ndarray,
+        saturation: tuple[Any, Any] | None = None,
+    ) -> np.ndarray:
+        power = self.C_ * capacity**self.alpha_ * length ** (-self.beta_)
+        if self.form != "saturating":
+            return power + self.b_
+        base, ceiling = saturation or (self.base_loss_, self.ceiling_)
+        return saturating_delta(power, base, ceiling)
 
-    def predict(self, n_eff: Any, length: Any) -> np.ndarray:
+    def predict(
+        self,
+        n_eff: Any,
+        length: Any,
+        *,
+        base_loss: float | None = None,
+        info_baseline: float | None = None,
+    ) -> np.ndarray:
         """Predicted ΔL (nats per target token) for N_eff (the rank for form ``"rank"``)
         and ℓ target tokens; scalars or arrays, broadcast together.
+
+        The saturating form needs the memory set's L0 (``base_loss``) and H
+        (``info_baseline``, None: H = L0); without ``base_loss`` it assumes the median L0
+        and H⁺ of the points it was fitted on.
 
         >>> law = MemoryLaw.from_dict(
         ...     {"format": "memlaw.law/1", "form": "full",
@@ -480,8 +606,12 @@ class MemoryLaw:
         for label, values in (("n_eff", capacity), ("length", tokens)):
             if not np.all(np.isfinite(values)) or np.any(values <= 0):
                 raise MemlawError(f"predict needs positive {label} values, got {values.tolist()}")
+        saturation = None
+        if self.form == "saturating" and base_loss is not None:
+            ceiling = base_loss if info_baseline is None else min(base_loss, info_baseline)
+            saturation = (float(base_loss), float(ceiling))
         try:
-            return np.asarray(self._predict_arrays(capacity, tokens))
+            return np.asarray(self._predict_arrays(capacity, tokens, saturation))
         except ValueError as error:
             raise MemlawError(
                 f"n_eff and length must broadcast together, got shapes {capacity.shape} and "
@@ -494,8 +624,9 @@ class MemoryLaw:
         On the fitted points (when none was dropped) this equals ``r2_``.
         """
         self._check_fitted()
-        capacity, length, delta = _arrays(_coerce(points), self.form)
-        return _r2(delta, self._predict_arrays(capacity, length))
+        points = _coerce(points)
+        capacity, length, delta = _arrays(points, self.form)
+        return _r2(delta, self._predict_arrays(capacity, length, self._saturation(points)))
 
     # --- persistence -----------------------------------------------------------------------
 
@@ -525,6 +656,11 @@ class MemoryLaw:
             "n_points": getattr(self, "n_points_", None),
             "dropped": getattr(self, "dropped_", 0),
             "bootstrap_ok": getattr(self, "n_bootstrap_ok_", None),
+            "reference_set": (
+                {"base_loss": self.base_loss_, "ceiling": self.ceiling_}
+                if self.form == "saturating"
+                else None
+            ),
             "metadata": dict(getattr(self, "metadata_", {})),
             "points": [p.to_dict() for p in getattr(self, "points_", [])],
         }
@@ -578,9 +714,15 @@ class MemoryLaw:
         values = {name: number(params[name], f"params.{name}") for name in PARAMS}
         if values["C"] <= 0 or values["alpha"] <= 0 or values["beta"] <= 0 or values["b"] < 0:
             raise malformed(f"params need C, alpha, beta > 0 and b ≥ 0, got {values}")
-        if form == "no-offset" and values["b"] != 0:
-            raise malformed(f"form 'no-offset' needs b = 0, got {values['b']}")
+        if form in ("no-offset", "saturating") and values["b"] != 0:
+            raise malformed(f"form {form!r} needs b = 0, got {values['b']}")
         law.C_, law.alpha_, law.beta_, law.b_ = (values[name] for name in PARAMS)
+        if form == "saturating":
+            reference = payload.get("reference_set")
+            if not isinstance(reference, Mapping):
+                raise malformed("form 'saturating' needs reference_set with base_loss, ceiling")
+            law.base_loss_ = number(reference.get("base_loss"), "reference_set.base_loss")
+            law.ceiling_ = number(reference.get("ceiling"), "reference_set.ceiling")
 
         intervals = payload.get("intervals", {})
         if not isinstance(intervals, Mapping):
@@ -615,6 +757,91 @@ class MemoryLaw:
         except (MemlawError, TypeError) as error:
             raise malformed(f"bad point ({error})") from None
         return law
+
+    # --- what the law was measured on --------------------------------------------------------
+
+    def check_applies(
+        self,
+        *,
+        model: str | None = None,
+        modules: str | None = None,
+        data_kind: str | None = None,
+        force: bool = False,
+    ) -> list[str]:
+        """Refuse a use the law was not measured for: another model, other adapted modules, or
+        data of another kind (random tokens, key→value facts, text). None: not checked.
+        With ``force`` the refusals come back as warnings instead.
+
+        >>> law = MemoryLaw.from_dict({"format": "memlaw.law/1", "form": "no-offset",
+        ...     "params": {"C": 1.0, "alpha": 0.3, "beta": 0.4, "b": 0.0},
+        ...     "metadata": {"model": "tiny", "modules": "mlp", "data_kind": "facts"}})
+        >>> law.check_applies(model="tiny", modules="gate_proj,up_proj,down_proj")
+        []
+        >>> law.check_applies(data_kind="text", force=True)[0][:40]
+        'the law was measured on key→value facts,'
+        """
+        from memlaw.adapters import module_names
+
+        meta = dict(getattr(self, "metadata_", None) or {})
+        problems = []
+        fitted_model = meta.get("model")
+        if model is not None and fitted_model is not None and str(fitted_model) != str(model):
+            problems.append(
+                f"the law was fitted for model {fitted_model}, not {model}: fit one for {model} "
+                "with memlaw sweep and memlaw fit, or pass its --law"
+            )
+        fitted_modules = meta.get("modules")
+        if modules is not None and fitted_modules is not None:
+            if set(module_names(modules)) != set(module_names(str(fitted_modules))):
+                problems.append(
+                    f"the law was fitted for LoRA on {fitted_modules}, not {modules}: fit one "
+                    f"with memlaw sweep --modules {modules} and memlaw fit, or pass its --law"
+                )
+        kind = meta.get("data_kind")
+        if data_kind is not None and kind is not None and data_kind != kind:
+            problems.append(
+                f"the law was measured on {KIND_NAMES.get(kind, kind)}, and this data is "
+                f"{KIND_NAMES.get(data_kind, data_kind)}: fit a law on data of this kind "
+                "(memlaw sweep --data FILE, memlaw fit), or pass --force to plan anyway"
+            )
+        if problems and not force:
+            raise MemlawError(problems[0])
+        return problems
+
+    def describe(self) -> str:
+        """One line saying what the law was measured on, from its metadata.
+
+        >>> MemoryLaw.from_dict({"format": "memlaw.law/1", "form": "no-offset",
+        ...     "params": {"C": 1.0, "alpha": 0.3, "beta": 0.4, "b": 0.0},
+        ...     "metadata": {"model": "tiny", "modules": "mlp", "method": "sft",
+        ...                  "data_kind": "facts", "recipe": "AdamW lr 0.01, batch 16"}}).describe()
+        'tiny · LoRA on mlp · sft · key→value facts · AdamW lr 0.01, batch 16 · form no-offset'
+        """
+        meta = dict(getattr(self, "metadata_", {}) or {})
+        parts = [str(meta.get("model", "unknown model"))]
+        if meta.get("modules"):
+            counts = meta.get("layer_counts") or [1]
+            layers = "" if list(counts) == [1] else f" of {'/'.join(map(str, counts))} layers"
+            parts.append(f"LoRA on {meta['modules']}{layers}")
+        if meta.get("method"):
+            parts.append(str(meta["method"]))
+        if meta.get("data_kind"):
+            parts.append(KIND_NAMES.get(meta["data_kind"], str(meta["data_kind"])))
+        elif meta.get("data"):
+            parts.append(f"{meta['data']} data")
+        if meta.get("recipe"):
+            parts.append(str(meta["recipe"]))
+        elif meta.get("lr"):
+            parts.append(
+                f"lr {meta['lr']:g}"
+                + (f", ≤ {meta['max_steps']} steps" if meta.get("max_steps") else "")
+            )
+        parts.append(f"form {self.form}")
+        if getattr(self, "n_points_", None):
+            parts.append(f"{self.n_points_} points")
+        if getattr(self, "r2_", None) is not None:
+            parts.append(f"R² {self.r2_:.3f}")
+        return " · ".join(parts)
 
     def save(self, path: str | Path) -> Path:
         """Write the law as JSON (atomically) and return the path."""
@@ -665,8 +892,10 @@ def compare_forms(
     """
     points = _coerce(points)
     if forms is None:
-        forms = ["full", "no-offset"] + (
-            ["rank"] if all(p.rank is not None for p in points) else []
+        forms = (
+            ["full", "no-offset"]
+            + (["rank"] if all(p.rank is not None for p in points) else [])
+            + (["saturating"] if all(p.base_loss is not None for p in points) else [])
         )
     rows = []
     for form in forms:
@@ -729,7 +958,8 @@ def holdout_check(
         if delta[i] <= 0:
             skipped += 1
             continue
-        predicted = float(law._predict_arrays(capacity[i], length[i]))
+        own = None if form != "saturating" else (points[i].base_loss, points[i].ceiling)
+        predicted = float(law._predict_arrays(capacity[i], length[i], own))
         error = abs(predicted - delta[i]) / delta[i]
         records.append(
             {**points[i].to_dict(), "predicted": predicted, "relative_error": float(error)}
@@ -754,15 +984,24 @@ def holdout_check(
 def capacity(
     point: LawPoint | Mapping[str, Any], trainable_params: int | None = None
 ) -> dict[str, Any]:
-    """Stored information ΔL · ℓ in nats and bits, and bits per trainable parameter.
+    """Memorized information ℓ · max(0, min(L0, H) − L1) in nats and bits, and bits per
+    trainable parameter (memlaw.information). ΔL · ℓ is not capacity: the part of ΔL above
+    L0 − min(L0, H) is the adapter learning the data's format or un-learning over-confidence.
 
-    ``trainable_params`` defaults to the point's own; without either, ``bits_per_param`` is
-    None. Compare with ≈3.6 bits per parameter for GPT-style models trained from scratch.
+    Needs the point's ``base_loss`` (L0); ``info_baseline`` None means H = L0. Compare bits per
+    parameter with ≈3.6 for GPT-style models trained from scratch on random data.
+    ``trainable_params`` defaults to the point's own; without either it is None.
 
-    >>> info = capacity(LawPoint(n_eff=8, length=1000, delta_loss=math.log(2)), 500)
-    >>> round(info["bits"], 6), round(info["bits_per_param"], 6)
-    (1000.0, 2.0)
+    >>> point = LawPoint(n_eff=8, length=1000, delta_loss=3.0, base_loss=3.3,
+    ...                  info_baseline=math.log(10))
+    >>> info = capacity(point, 500)   # L1 = 0.3: (ln 10 − 0.3) nats per token are memory
+    >>> round(info["bits"], 1), round(info["bits_per_param"], 3), round(info["delta_l_bits"], 1)
+    (2889.1, 5.778, 4328.1)
+    >>> capacity(LawPoint(8, 1000, 2.0, base_loss=13.0, info_baseline=10.8))["bits"]
+    0.0
     """
+    from memlaw.information import memorized_nats
+
     point = point if isinstance(point, LawPoint) else LawPoint.from_dict(point)
     count = trainable_params if trainable_params is not None else point.trainable_params
     if count is not None and (isinstance(count, bool) or count <= 0):
@@ -771,11 +1010,36 @@ def capacity(
         raise MemlawError(
             f"length must be a positive number of target tokens, got {point.length!r}"
         )
-    nats = float(point.delta_loss) * float(point.length)
+    if point.base_loss is None:
+        raise MemlawError(
+            "memorized information needs the base loss L0 of the point (LawPoint.base_loss); "
+            "ΔL · ℓ alone is not capacity"
+        )
+    final_loss = float(point.base_loss) - float(point.delta_loss)
+    nats = memorized_nats(point.length, float(point.base_loss), final_loss, point.info_baseline)
     bits = nats / math.log(2)
     return {
         "nats": nats,
         "bits": bits,
         "trainable_params": count,
         "bits_per_param": None if count is None else bits / count,
+        "delta_l_bits": float(point.delta_loss) * float(point.length) / math.log(2),
     }
+
+
+# Laws shipped with memlaw (src/memlaw/laws/, see laws/README.md): the default law per
+# built-in model.
+REFERENCE_LAWS = {"smollm2-135m": "smollm2-135m.json"}
+
+
+def reference_law_path(model: str) -> Path:
+    """The law shipped with memlaw for a built-in model.
+
+    >>> reference_law_path("smollm2-135m").name
+    'smollm2-135m.json'
+    """
+    if model not in REFERENCE_LAWS:
+        raise MemlawError(
+            f"memlaw ships no law for '{model}': pass --law (fit one with memlaw sweep + memlaw fit)"
+        )
+    return Path(__file__).parent / "laws" / REFERENCE_LAWS[model]

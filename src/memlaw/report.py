@@ -1,11 +1,10 @@
-"""Figures and reports: loss curves and token-probability histograms of training runs (PNG),
-and the self-contained HTML report of a sweep (:func:`write_sweep_report`)."""
+"""The self-contained HTML report of a sweep (:func:`write_sweep_report`): the law it fits the
+same way as ``memlaw fit`` (memlaw.fit), its checks, and every figure (memlaw.figures)."""
 
 from __future__ import annotations
 
 import base64
 import html
-import io
 import math
 import time
 import warnings
@@ -14,94 +13,32 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from memlaw.atomic import atomic_write_dir, atomic_write_text
 from memlaw.errors import MemlawError
-from memlaw.law import LawPoint, MemoryLaw, capacity, compare_forms, holdout_check
+from memlaw.figures import Figure, bits_per_param, predicted_delta, save_pngs, sweep_figures
+from memlaw.fit import fit_store, law_points
+from memlaw.law import MemoryLaw
 from memlaw.sweep import SweepSpec, SweepStore, fingerprint
-
-
-def plot_runs(runs: list[tuple[str, object]], path: str | Path) -> Path:
-    """Plot runs side by side: loss per step (log scale) with the ln 2 boundary, and the
-    histogram of final target-token probabilities with the p = 0.5 boundary.
-
-    ``runs`` holds ``(label, TrainResult)`` pairs; the PNG is written atomically.
-    """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    path = Path(path)
-    figure, (curves, histogram) = plt.subplots(1, 2, figsize=(11, 4.2))
-    for label, run in runs:
-        steps = [entry.step for entry in run.log]
-        curves.plot(steps, [entry.loss for entry in run.log], label=label, linewidth=1.6)
-    curves.axhline(math.log(2), color="grey", linestyle="--", linewidth=1, label="ln 2 (p = 0.5)")
-    curves.set_yscale("log")
-    curves.set_xlabel("step")
-    curves.set_ylabel("mean target-token loss (nats)")
-    curves.set_title("training loss")
-    curves.legend()
-
-    bins = [i / 20 for i in range(21)]
-    for label, run in runs:
-        probabilities = [p for item in run.report.items for p in item.probabilities]
-        histogram.hist(probabilities, bins=bins, alpha=0.55, label=label)
-    histogram.axvline(0.5, color="grey", linestyle="--", linewidth=1, label="p = 0.5")
-    histogram.set_yscale("log")
-    histogram.set_xlabel("teacher-forced probability of the target token")
-    histogram.set_ylabel("tokens")
-    histogram.set_title("final token probabilities")
-    histogram.legend()
-    figure.tight_layout()
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staging = path.with_name(f".{path.stem}.tmp.png")
-    figure.savefig(staging, dpi=110)
-    plt.close(figure)
-    staging.replace(path)
-    return path
-
 
 # --- the sweep report ------------------------------------------------------------------------
 #
 # One HTML file a reader can mail around or open offline: figures inline as base64 PNG, CSS
 # inline, no scripts and no links out. Every figure is also saved as a PNG in a folder beside
-# the report, for slides and papers.
-
-# Published capacity of GPT-style models trained from scratch (bits per parameter): the
-# reference line of the capacity figure.
-GPT_BITS_PER_PARAM = 3.6
-# Bootstrap refits when the report fits the law itself (a fraction of a second for 35 points).
-REPORT_BOOTSTRAP = 200
-# matplotlib's PNG resolution; 110 dpi keeps a report of eight figures under 1 MB.
-FIGURE_DPI = 110
+# the report, for slides and papers; the law it shows is saved beside it as JSON.
 
 
 @dataclass
 class _Fit:
-    """The fitted law and its checks as the report shows them; what could not be computed
-    leaves a line in ``notes`` instead of stopping the report."""
+    """The law the report shows; what could not be computed leaves a line in ``notes``
+    instead of stopping the report. Its checks live in the law's metadata (memlaw.fit)."""
 
     law: MemoryLaw | None
-    forms: list[dict] | None = None
-    holdout: dict | None = None
-    boundary: Any = None
     excluded_capped: int | None = None
     r2_converged: float | None = None
     notes: list[str] = field(default_factory=list)
 
-
-@dataclass
-class _Figure:
-    """One rendered figure: its file name, heading, caption and PNG bytes."""
-
-    name: str
-    title: str
-    caption: str
-    png: bytes
+    def check(self, name: str) -> Any:
+        return None if self.law is None else (self.law.metadata_ or {}).get(name)
 
 
 def write_sweep_report(
@@ -109,19 +46,16 @@ def write_sweep_report(
     out_path: str | Path,
     *,
     law: MemoryLaw | None = None,
-    extras: Mapping[str, Any] | None = None,
     point: str | None = None,
 ) -> Path:
     """Write the HTML report of a sweep database and return its path.
 
-    ``law`` is a fitted :class:`~memlaw.law.MemoryLaw` (default: ``extras["law"]``, else the
-    full form fitted here on the points that did not hit the step cap). ``extras`` may carry
-    ``forms`` (:func:`~memlaw.law.compare_forms`), ``holdout``
-    (:func:`~memlaw.law.holdout_check`), ``boundary`` and ``excluded_capped``; the first two
-    are computed here when absent. ``point`` is the key of the point whose token
-    probabilities and loss curve are shown (default: the largest ℓ at the smallest rank).
-    The figures also land as PNG files in ``<out stem>_figures/`` beside the report; both
-    are replaced atomically.
+    ``law`` is a fitted :class:`~memlaw.law.MemoryLaw` (default: the law
+    :func:`memlaw.fit.fit_store` fits on this database, exactly as ``memlaw fit`` does).
+    ``point`` is the key of the point whose token probabilities and loss curve are shown
+    (default: the largest ℓ at the smallest rank). The figures land as PNG files in
+    ``<out stem>_figures/`` and the law as ``<out stem>_law.json`` beside the report; all are
+    replaced atomically.
 
     Example (after ``memlaw sweep --db sweep.db``)::
 
@@ -132,21 +66,29 @@ def write_sweep_report(
         raise MemlawError(
             f"report path '{out_path}' is a folder; give a file name like report.html"
         )
-    if extras is not None and not isinstance(extras, Mapping):
+    if law is not None and not (isinstance(law, MemoryLaw) and hasattr(law, "alpha_")):
         raise MemlawError(
-            f"extras must be a dict (e.g. plan.fit_sweep's result), got {type(extras).__name__}"
+            "law must be a fitted MemoryLaw (MemoryLaw(...).fit(points) or MemoryLaw.load(path))"
         )
     spec, rows = _read_sweep(db_path)
     shown = _choose_point(rows, point)  # a bad key fails before anything is fitted or drawn
-    fit = _fit_for_report(rows, spec, law, dict(extras or {}))
-    figures = _render_figures(rows, fit, shown)
+    fit = _fit_for_report(db_path, rows, law)
+    figures = sweep_figures(rows, fit.law, shown, fit.r2_converged)
     page = _page(db_path, spec, rows, fit, figures)
 
     # Figures first: once the HTML is in place, its folder of PNGs is complete too.
     folder = out_path.with_name(f"{out_path.stem}_figures")
-    atomic_write_dir(folder, lambda staging: _save_pngs(staging, figures), overwrite=True)
+    atomic_write_dir(folder, lambda staging: save_pngs(staging, figures), overwrite=True)
+    if fit.law is not None:
+        fit.law.save(law_path_for(out_path))
     atomic_write_text(out_path, page)
     return out_path
+
+
+def law_path_for(report_path: str | Path) -> Path:
+    """Where the report saves the law it shows: ``<stem>_law.json`` beside it."""
+    report_path = Path(report_path)
+    return report_path.with_name(f"{report_path.stem}_law.json")
 
 
 # --- reading and fitting ---------------------------------------------------------------------
@@ -186,88 +128,42 @@ def _choose_point(rows: list[dict], key: str | None) -> dict:
     raise MemlawError(f"no point '{key}' in the sweep; its {len(rows)} points are {known}")
 
 
-def _law_points(rows: list[dict]) -> list[LawPoint]:
-    return [LawPoint.from_dict(row) for row in rows]
-
-
-def _fit_for_report(rows: list[dict], spec: SweepSpec, law: Any, extras: dict) -> _Fit:
-    """The law and its checks: taken from the caller where given, computed here otherwise.
-
-    Only points that plateaued are fitted: a point stopped at the step cap measures how far
-    the optimizer got, not the capacity.
-    """
-    law = law if law is not None else extras.get("law")
-    if law is not None and not (isinstance(law, MemoryLaw) and hasattr(law, "alpha_")):
-        raise MemlawError(
-            "law must be a fitted MemoryLaw (MemoryLaw(...).fit(points) or MemoryLaw.load(path))"
-        )
-    fit = _Fit(
-        law=law,
-        forms=extras.get("forms"),
-        holdout=extras.get("holdout"),
-        boundary=extras.get("boundary"),
-        excluded_capped=extras.get("excluded_capped"),
-    )
-    converged = _law_points(_rows_for_law(rows, law, fit.notes))
-    if not converged:
-        fit.notes.append(
-            f"All {len(rows)} points hit the step cap, so none of them measures capacity: no "
-            "law is fitted or checked here. Raise max_steps and rerun the sweep."
-        )
-        return fit
+def _fit_for_report(db_path: str | Path, rows: list[dict], law: MemoryLaw | None) -> _Fit:
+    """The given law, or the one memlaw fit would fit on this database (a sweep half done
+    still deserves a report, so a failed fit becomes a note)."""
+    fit = _Fit(law=law)
     if fit.law is None:
-        metadata = {"model": spec.model, "data": spec.data, "modules": spec.modules}
-        fit.law = _attempt(
+        fitted = _attempt(
             "fitting the law",
             fit.notes,
-            lambda: MemoryLaw("full", n_bootstrap=REPORT_BOOTSTRAP, seed=0).fit(
-                converged, metadata=metadata
-            ),
+            lambda: fit_store(db_path, method=_only_method(rows)),
         )
-        fit.excluded_capped = len(rows) - len(converged)
-    if fit.forms is None:
-        fit.forms = _attempt("comparing the forms", fit.notes, lambda: compare_forms(converged))
-    if fit.holdout is None:
-        form = fit.law.form if fit.law is not None else "full"
-        fit.holdout = _attempt(
-            "the hold-out check", fit.notes, lambda: holdout_check(converged, form=form)
+        fit.law = None if fitted is None else fitted.law
+    if fit.law is None:
+        return fit
+    meta = fit.law.metadata_ or {}
+    fit.excluded_capped = meta.get("excluded_capped")
+    chosen = [row for row in rows if meta.get("include_capped") or not row["hit_cap"]]
+    if len(chosen) < len(rows):
+        fit.notes.append(
+            f"The law was fitted on {len(chosen)} of {len(rows)} points: those that hit the cap "
+            "are left out. Its checks below use the same points."
         )
-    if fit.law is not None:
-        fit.r2_converged = _attempt("scoring the law", fit.notes, lambda: fit.law.score(converged))
+    if chosen:
+        fit.r2_converged = _attempt(
+            "scoring the law", fit.notes, lambda: fit.law.score(law_points(chosen))
+        )
     return fit
 
 
-def _rows_for_law(rows: list[dict], law: Any, notes: list[str]) -> list[dict]:
-    """The rows the law was (or will be) fitted on, so its checks and R² use the same points:
-    plateaued ones by default; a given law's own choice (capped points kept, points memorized
-    outright left out) where its metadata records one."""
-    metadata = getattr(law, "metadata_", None) or {}
-    include_capped = bool(metadata.get("include_capped"))
-    saturation = metadata.get("saturation_loss")
-    chosen = [
-        row
-        for row in rows
-        if (include_capped or not row["hit_cap"])
-        and (saturation is None or row["final_loss"] >= saturation)
-    ]
-    if include_capped or saturation is not None:
-        notes.append(
-            f"The law was fitted on {len(chosen)} of {len(rows)} points"
-            + ("; points that hit the step cap were kept" if include_capped else "")
-            + (
-                f"; points memorized outright (final loss < {saturation}) were left out: their "
-                "ΔL ≈ L0 is bounded by the data, not by the adapter"
-                if saturation is not None
-                else ""
-            )
-            + ". Its checks below use the same points."
-        )
-    return chosen
+def _only_method(rows: list[dict]) -> str | None:
+    methods = sorted({row["method"] for row in rows})
+    return methods[0] if len(methods) == 1 else None
 
 
 def _attempt(what: str, notes: list[str], compute: Callable[[], Any]) -> Any:
-    """Run ``compute``; a MemlawError or warning becomes a note of the report (a sweep half
-    done still deserves a report), and a failure returns None."""
+    """Run ``compute``; a MemlawError or warning becomes a note of the report, and a failure
+    returns None."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
@@ -277,482 +173,6 @@ def _attempt(what: str, notes: list[str], compute: Callable[[], Any]) -> Any:
             result = None
     notes.extend(f"{what}: {warning.message}" for warning in caught)
     return result
-
-
-def _capacity_variable(law: MemoryLaw, rank: Any, layers: int) -> Any:
-    """What the law takes as capacity: the rank for form ``"rank"``, N_eff = r · n otherwise."""
-    return rank if law.form == "rank" else np.asarray(rank) * layers
-
-
-def _predicted(law: MemoryLaw | None, row: dict) -> float | None:
-    if law is None:
-        return None
-    return float(law.predict(_capacity_variable(law, row["rank"], row["layers"]), row["length"]))
-
-
-def _bits_per_param(row: dict) -> float | None:
-    return capacity(LawPoint.from_dict(row))["bits_per_param"]
-
-
-# --- figures ---------------------------------------------------------------------------------
-
-
-def _render_figures(rows: list[dict], fit: _Fit, shown: dict) -> list[_Figure]:
-    law = fit.law
-    figures = [
-        _figure("delta_vs_rank", "ΔL vs rank", *_delta_vs(rows, law, "rank", "length")),
-        _figure("delta_vs_length", "ΔL vs length ℓ", *_delta_vs(rows, law, "length", "rank")),
-    ]
-    if law is not None:
-        figures.append(
-            _figure(
-                "predicted_vs_measured",
-                "Predicted vs measured ΔL",
-                *_predicted_vs_measured(rows, fit),
-            )
-        )
-    figures += [
-        _figure(
-            "final_loss",
-            "Final loss L1 over (rank, ℓ)",
-            *_heatmap(rows, "final_loss", "final loss L1 (nats per token)", cmap="viridis_r"),
-        ),
-        _figure(
-            "exact_match",
-            "Exact-match accuracy over (rank, ℓ)",
-            *_heatmap(
-                rows, "exact_match", "exact-match accuracy", cmap="RdYlGn", limits=(0.0, 1.0)
-            ),
-        ),
-        _figure("capacity", "Capacity: bits per trainable parameter", *_capacity_figure(rows, law)),
-        _figure(
-            "token_probabilities", f"Token probabilities of {shown['key']}", *_probabilities(shown)
-        ),
-        _figure("loss_curve", f"Loss curve of {shown['key']}", *_loss_curve(shown)),
-    ]
-    for number, figure in enumerate(figures, start=1):
-        figure.name = (
-            f"{number:02d}_{figure.name}.png"  # numbered: the folder sorts like the report
-        )
-    return figures
-
-
-def _figure(name: str, title: str, figure: Any, caption: str) -> _Figure:
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=FIGURE_DPI)
-    return _Figure(name=name, title=title, caption=caption, png=buffer.getvalue())
-
-
-def _save_pngs(folder: Path, figures: list[_Figure]) -> None:
-    for figure in figures:
-        (folder / figure.name).write_bytes(figure.png)
-
-
-def _panels(count: int, *, width: float = 7.6, height: float = 4.6) -> tuple[Any, list[Any]]:
-    """A figure with ``count`` axes, at most two a row: one per (layer count, method).
-
-    matplotlib's object API (no pyplot) draws with Agg and leaves no global state behind.
-    """
-    from matplotlib.figure import Figure
-
-    columns = min(count, 2)
-    lines = math.ceil(count / columns)
-    figure = Figure(figsize=(width * columns, height * lines), layout="constrained")
-    axes = list(figure.subplots(lines, columns, squeeze=False).ravel())
-    for spare in axes[count:]:
-        spare.set_visible(False)
-    return figure, axes[:count]
-
-
-def _groups(rows: list[dict]) -> dict[tuple[int, str], list[dict]]:
-    """Rows by (adapted layers, method): points of one group share a fitted curve."""
-    groups: dict[tuple[int, str], list[dict]] = {}
-    for row in rows:
-        groups.setdefault((row["layers"], row["method"]), []).append(row)
-    return dict(sorted(groups.items()))
-
-
-def _group_label(layers: int, method: str) -> str:
-    return f"{method}, {layers} layer{'s' if layers != 1 else ''}"
-
-
-def _colors(values: list) -> dict:
-    """One viridis colour per value, stopping short of its pale yellow end."""
-    from matplotlib import colormaps
-
-    cmap = colormaps["viridis"]
-    return {v: cmap(0.85 * i / max(len(values) - 1, 1)) for i, v in enumerate(values)}
-
-
-def _plot_measured(
-    axes: Any, rows: list[dict], x_name: str, y_of: Callable, color: Any, label: str
-) -> int:
-    """One series: points filled when they plateaued and hollow at the step cap; the line
-    joins the means over seeds of the points that plateaued (a capped point would bend it
-    for a reason that is not capacity). Returns how many were left out for y ≤ 0 (no log)."""
-    points = [(row[x_name], y_of(row), row["hit_cap"]) for row in rows]
-    points = [(x, y, capped) for x, y, capped in points if y is not None and y > 0]
-    xs = sorted({x for x, _, capped in points if not capped})
-    means = [float(np.mean([y for x2, y, c in points if x2 == x and not c])) for x in xs]
-    axes.plot(xs, means, "-", color=color, linewidth=1.2, alpha=0.75, label=label)
-    for capped in (False, True):
-        part = [(x, y) for x, y, c in points if c == capped]
-        if part:
-            axes.scatter(
-                *zip(*part, strict=True),
-                s=30,
-                facecolors="none" if capped else [color],
-                edgecolors=[color],
-                linewidths=1.3,
-                zorder=3,
-            )
-    return len(rows) - len(points)
-
-
-def _grid(values: list[float]) -> np.ndarray:
-    """Log-spaced x values across the measured range, for smooth fitted curves."""
-    return np.geomspace(min(values), max(values), 60)
-
-
-def _legend(axes: Any, *, law: bool, capped: bool) -> None:
-    """The series legend plus keys for the fitted curves and the hollow (capped) markers."""
-    from matplotlib.lines import Line2D
-
-    handles, _ = axes.get_legend_handles_labels()
-    if law:
-        handles.append(Line2D([], [], linestyle="--", color="grey", label="fitted law"))
-    if capped:
-        handles.append(
-            Line2D(
-                [],
-                [],
-                linestyle="",
-                marker="o",
-                markerfacecolor="none",
-                markeredgecolor="grey",
-                label="hit the step cap",
-            )
-        )
-    _outside_legend(axes, handles)
-
-
-def _outside_legend(axes: Any, handles: list | None = None) -> None:
-    """A legend right of the axes: inside, it would hide points of some grid or other."""
-    axes.legend(
-        handles=handles,
-        fontsize=8,
-        loc="upper left",
-        bbox_to_anchor=(1.02, 1.0),
-        borderaxespad=0.0,
-        ncols=2 if handles and len(handles) > 14 else 1,
-    )
-
-
-def _log_axes(axes: Any, ticks: list[float]) -> None:
-    """Log-log axes with the measured x values as ticks and plain-number labels (8 and 0.3,
-    not 10^0.9 and 3×10^−1): grids are powers of two more often than of ten."""
-    from matplotlib.ticker import NullLocator
-
-    axes.set_xscale("log")
-    axes.set_yscale("log")
-    if len(set(ticks)) <= 12:  # more would overlap; matplotlib's own ticks are fine then
-        axes.set_xticks(sorted(set(ticks)), [f"{t:g}" for t in sorted(set(ticks))])
-        axes.xaxis.set_minor_locator(NullLocator())
-    else:
-        _plain_log_labels(axes.xaxis)
-    _plain_log_labels(axes.yaxis)
-
-
-def _plain_log_labels(axis: Any) -> None:
-    """Plain-number labels on a log axis, on the ticks matplotlib itself would label."""
-    from matplotlib.ticker import LogFormatterSciNotation
-
-    class Plain(LogFormatterSciNotation):
-        def __call__(self, x: float, pos: int | None = None) -> str:
-            return f"{x:g}" if super().__call__(x, pos) else ""
-
-    axis.set_major_formatter(Plain())
-    # Minor ticks get labels when the axis spans less than two decades (ΔL often does).
-    axis.set_minor_formatter(Plain(labelOnlyBase=False, minor_thresholds=(2, 0.5)))
-
-
-def _hidden_note(hidden: int, what: str = "ΔL ≤ 0") -> str:
-    return (
-        f" {hidden} point{'s' if hidden != 1 else ''} with {what} cannot be shown on the log scale."
-        if hidden
-        else ""
-    )
-
-
-def _delta_vs(
-    rows: list[dict], law: MemoryLaw | None, x_name: str, series_name: str
-) -> tuple[Any, str]:
-    """ΔL against rank (one series per ℓ) or against ℓ (one series per rank), log-log, with
-    the fitted law as dashed curves in the colour of each series."""
-    groups = _groups(rows)
-    figure, axes_list = _panels(len(groups))
-    values = sorted({row[series_name] for row in rows})
-    colors = _colors(values)
-    hidden = 0
-    for axes, ((layers, method), group) in zip(axes_list, groups.items(), strict=True):
-        for value in values:
-            series = [row for row in group if row[series_name] == value]
-            if not series:
-                continue
-            label = f"ℓ = {value}" if series_name == "length" else f"r = {value}"
-            hidden += _plot_measured(
-                axes, series, x_name, lambda row: row["delta_loss"], colors[value], label
-            )
-            if law is not None:
-                xs = _grid([row[x_name] for row in series])
-                rank, length = (xs, value) if x_name == "rank" else (value, xs)
-                curve = law.predict(_capacity_variable(law, rank, layers), length)
-                axes.plot(xs, curve, "--", color=colors[value], linewidth=1.1)
-        _log_axes(axes, [row[x_name] for row in group])
-        axes.set_xlabel("LoRA rank r" if x_name == "rank" else "target tokens ℓ")
-        axes.set_ylabel("ΔL = L0 − L1 (nats per target token)")
-        axes.set_title(
-            f"ΔL vs {'rank' if x_name == 'rank' else 'ℓ'} — {_group_label(layers, method)}",
-            fontsize=10,
-        )
-        axes.grid(True, which="major", alpha=0.3)
-        _legend(axes, law=law is not None, capped=any(row["hit_cap"] for row in group))
-    caption = (
-        f"Measured loss reduction per {'rank, one line per length ℓ' if x_name == 'rank' else 'length ℓ, one line per rank'} "
-        "(the line joins the points that plateaued, mean over seeds)"
-        + ("; dashed: the fitted law." if law is not None else ".")
-        + _hidden_note(hidden)
-    )
-    return figure, caption
-
-
-def _predicted_vs_measured(rows: list[dict], fit: _Fit) -> tuple[Any, str]:
-    """Every point at (measured ΔL, predicted ΔL), with the y = x line."""
-    figure, (axes,) = _panels(1, width=7.0, height=5.2)
-    lengths = sorted({row["length"] for row in rows})
-    colors = _colors(lengths)
-    shown = [row for row in rows if row["delta_loss"] > 0]
-    for length in lengths:
-        for capped in (False, True):
-            part = [row for row in shown if row["length"] == length and row["hit_cap"] == capped]
-            if part:
-                axes.scatter(
-                    [row["delta_loss"] for row in part],
-                    [_predicted(fit.law, row) for row in part],
-                    s=30,
-                    facecolors="none" if capped else [colors[length]],
-                    edgecolors=[colors[length]],
-                    linewidths=1.3,
-                    label=None if capped else f"ℓ = {length}",
-                    zorder=3,
-                )
-    ends = [row["delta_loss"] for row in shown] + [_predicted(fit.law, row) for row in shown]
-    if ends:
-        low, high = min(ends) / 1.3, max(ends) * 1.3
-        axes.plot([low, high], [low, high], color="grey", linewidth=1, label="y = x")
-        axes.set_xlim(low, high)
-        axes.set_ylim(low, high)
-    axes.set_xscale("log")
-    axes.set_yscale("log")
-    _plain_log_labels(axes.xaxis)
-    _plain_log_labels(axes.yaxis)
-    axes.set_aspect("equal")
-    axes.set_xlabel("measured ΔL (nats per target token)")
-    axes.set_ylabel("predicted ΔL")
-    r2 = "n/a" if fit.r2_converged is None else f"{fit.r2_converged:.4f}"
-    axes.set_title(f"predicted vs measured — R² = {r2} (points it was fitted on)", fontsize=10)
-    axes.grid(True, alpha=0.3)
-    _legend(axes, law=False, capped=any(row["hit_cap"] for row in shown))
-    caption = (
-        f"The law against every point; R² = {r2} on the points it was fitted on. Points at the "
-        "step cap (hollow) are not fitted; they fell short of capacity, so they sit above the line."
-        + _hidden_note(len(rows) - len(shown))
-    )
-    return figure, caption
-
-
-def _heatmap(
-    rows: list[dict], name: str, label: str, *, cmap: str, limits: tuple[float, float] | None = None
-) -> tuple[Any, str]:
-    """``name`` over (rank, ℓ), one panel per (layers, method), mean over seeds, values
-    written in each cell; a star marks cells where a run hit the step cap."""
-    groups = _groups(rows)
-    ranks = sorted({row["rank"] for row in rows})
-    lengths = sorted({row["length"] for row in rows})
-    figure, axes_list = _panels(
-        len(groups),
-        width=max(4.8, 0.8 * len(ranks) + 2.4),
-        height=max(3.4, 0.55 * len(lengths) + 1.8),
-    )
-    for axes, ((layers, method), group) in zip(axes_list, groups.items(), strict=True):
-        values, capped = _cells(group, name, ranks, lengths)
-        vmin, vmax = limits if limits else (np.nanmin(values), np.nanmax(values))
-        image = axes.imshow(
-            np.ma.masked_invalid(values),
-            cmap=cmap,
-            vmin=vmin,
-            vmax=vmax,
-            origin="lower",
-            aspect="auto",
-        )
-        for (i, j), value in np.ndenumerate(values):
-            if not np.isnan(value):
-                red, green, blue, _ = image.cmap(image.norm(value))
-                ink = "black" if 0.299 * red + 0.587 * green + 0.114 * blue > 0.55 else "white"
-                text = f"{value:.2f}" + ("*" if capped[i, j] else "")
-                axes.text(j, i, text, ha="center", va="center", fontsize=8, color=ink)
-        axes.set_xticks(range(len(ranks)), [str(r) for r in ranks])
-        axes.set_yticks(range(len(lengths)), [str(length) for length in lengths])
-        axes.set_xlabel("LoRA rank r")
-        axes.set_ylabel("target tokens ℓ")
-        axes.set_title(f"{label} — {_group_label(layers, method)}", fontsize=10)
-        figure.colorbar(image, ax=axes, shrink=0.9)
-    caption = f"{label[0].upper()}{label[1:]} of each point (mean over seeds); * marks a point that hit the step cap; blank: not measured."
-    return figure, caption
-
-
-def _cells(
-    rows: list[dict], name: str, ranks: list[int], lengths: list[int]
-) -> tuple[np.ndarray, np.ndarray]:
-    """Mean of ``name`` per (ℓ, rank) cell (NaN where nothing was measured) and whether any
-    run of the cell hit the step cap."""
-    values = np.full((len(lengths), len(ranks)), np.nan)
-    capped = np.zeros(values.shape, dtype=bool)
-    for i, length in enumerate(lengths):
-        for j, rank in enumerate(ranks):
-            cell = [row for row in rows if row["rank"] == rank and row["length"] == length]
-            measured = [row[name] for row in cell if row[name] is not None]
-            if measured:
-                values[i, j] = float(np.mean(measured))
-            capped[i, j] = any(row["hit_cap"] for row in cell)
-    return values, capped
-
-
-def _capacity_figure(rows: list[dict], law: MemoryLaw | None) -> tuple[Any, str]:
-    """Bits stored per trainable parameter, ΔL · ℓ / ln 2 / params, against rank per ℓ."""
-    groups = _groups(rows)
-    figure, axes_list = _panels(len(groups))
-    lengths = sorted({row["length"] for row in rows})
-    colors = _colors(lengths)
-    hidden = 0
-    for axes, ((layers, method), group) in zip(axes_list, groups.items(), strict=True):
-        # LoRA parameters grow linearly in the rank, so one ratio turns the law into bits/param.
-        per_rank = float(np.median([row["trainable_params"] / row["rank"] for row in group]))
-        for length in lengths:
-            series = [row for row in group if row["length"] == length]
-            if not series:
-                continue
-            hidden += _plot_measured(
-                axes, series, "rank", _bits_per_param, colors[length], f"ℓ = {length}"
-            )
-            if law is not None:
-                ranks = _grid([row["rank"] for row in series])
-                delta = law.predict(_capacity_variable(law, ranks, layers), length)
-                axes.plot(
-                    ranks,
-                    delta * length / math.log(2) / (per_rank * ranks),
-                    "--",
-                    color=colors[length],
-                    linewidth=1.1,
-                )
-        axes.axhline(
-            GPT_BITS_PER_PARAM,
-            color="firebrick",
-            linestyle=":",
-            linewidth=1.2,
-            label=f"{GPT_BITS_PER_PARAM} bits/param (GPT-style, from scratch)",
-        )
-        _log_axes(axes, [row["rank"] for row in group])
-        axes.set_xlabel("LoRA rank r")
-        axes.set_ylabel("bits per trainable parameter")
-        axes.set_title(f"capacity — {_group_label(layers, method)}", fontsize=10)
-        axes.grid(True, which="major", alpha=0.3)
-        _legend(axes, law=law is not None, capped=any(row["hit_cap"] for row in group))
-    caption = (
-        "Stored information ΔL · ℓ / ln 2 bits divided by the trainable LoRA parameters"
-        + ("; dashed: the fitted law" if law is not None else "")
-        + "; dotted: "
-        f"about {GPT_BITS_PER_PARAM} bits per parameter published for GPT-style models trained from scratch."
-        + _hidden_note(hidden)
-    )
-    return figure, caption
-
-
-def _probabilities(row: dict) -> tuple[Any, str]:
-    """Histogram of the final teacher-forced probability of every target token of one point."""
-    probabilities = (row["record"] or {}).get("probabilities") or []
-    figure, (axes,) = _panels(1, width=8.4, height=3.8)
-    if not probabilities:
-        return _empty(figure, axes, f"{row['key']} recorded no token probabilities")
-    axes.axvspan(0.0, 0.5, color="#fdecea", zorder=0)
-    axes.hist(probabilities, bins=np.linspace(0.0, 1.0, 41), color="#3b6ea8")
-    axes.axvline(
-        0.5,
-        color="firebrick",
-        linestyle="--",
-        linewidth=1.2,
-        label="p = 0.5: above it, greedy\ndecoding reproduces the token",
-    )
-    axes.set_yscale("log")
-    axes.set_xlim(0.0, 1.0)
-    axes.set_xlabel("teacher-forced probability of the target token")
-    axes.set_ylabel("tokens")
-    below = sum(p <= 0.5 for p in probabilities)
-    axes.set_title(f"{row['key']}: {below} of {len(probabilities)} tokens at p ≤ 0.5", fontsize=10)
-    _outside_legend(axes)
-    caption = (
-        f"Point {row['key']} (rank {row['rank']}, ℓ = {row['length']}): {below} of "
-        f"{len(probabilities)} target tokens are not certified (p ≤ 0.5, shaded); an item is "
-        "reproduced verbatim for sure only when all its tokens are above the line."
-    )
-    return figure, caption
-
-
-def _loss_curve(row: dict) -> tuple[Any, str]:
-    """Mean target-token loss per training step of one point, with the ln 2 boundary."""
-    losses = (row["record"] or {}).get("losses") or []
-    figure, (axes,) = _panels(1, width=8.4, height=3.8)
-    if not losses:
-        return _empty(figure, axes, f"{row['key']} recorded no losses")
-    axes.plot(
-        range(1, len(losses) + 1), losses, color="#3b6ea8", linewidth=1.5, label="training loss"
-    )
-    axes.axhline(
-        math.log(2),
-        color="firebrick",
-        linestyle="--",
-        linewidth=1.2,
-        label="ln 2 (p = 0.5 on average)",
-    )
-    if row["final_loss"] is not None:
-        axes.axhline(
-            row["final_loss"],
-            color="grey",
-            linestyle=":",
-            linewidth=1,
-            label=f"final loss L1 = {row['final_loss']:.3f}",
-        )
-    axes.set_yscale("log")
-    _plain_log_labels(axes.yaxis)
-    axes.set_xlabel("step")
-    axes.set_ylabel("mean target-token loss (nats)")
-    how = "hit the step cap" if row["hit_cap"] else f"stopped: {row['stop_reason']}"
-    axes.set_title(f"{row['key']}: {len(losses)} steps, {how}", fontsize=10)
-    axes.grid(True, alpha=0.3)
-    _outside_legend(axes)
-    caption = (
-        f"Training loss of {row['key']} per step; L0 = {_fixed(row['base_loss'], 3)}, "
-        f"L1 = {_fixed(row['final_loss'], 3)} nats per token, {how}."
-    )
-    return figure, caption
-
-
-def _empty(figure: Any, axes: Any, message: str) -> tuple[Any, str]:
-    """A figure that says what is missing rather than an empty frame."""
-    figure.set_size_inches(figure.get_size_inches()[0], 1.2)  # a message, not a plot
-    axes.set_axis_off()
-    axes.text(0.5, 0.5, message, ha="center", va="center", fontsize=11, color="grey")
-    return figure, f"{message}."
 
 
 # --- the HTML page ---------------------------------------------------------------------------
@@ -791,7 +211,7 @@ def _page(
     spec: SweepSpec,
     rows: list[dict],
     fit: _Fit,
-    figures: list[_Figure],
+    figures: list[Figure],
 ) -> str:
     title = f"memlaw sweep report — {spec.model} on {spec.data}"
     body = [
@@ -870,23 +290,54 @@ def _law_section(fit: _Fit) -> str:
     parts += [f'<div class="note">{_esc(note)}</div>' for note in fit.notes]
     if fit.law is not None:
         parts.append(_law_summary(fit))
-    if fit.forms:
+    forms, holdouts, recall = fit.check("forms"), fit.check("holdouts"), fit.check("recall")
+    if isinstance(forms, list) and forms:
         parts.append(
-            "<h3>Form comparison (AIC on log ΔL; lowest preferred)</h3>" + _forms_table(fit.forms)
+            "<h3>Form comparison (AIC on log ΔL; lowest preferred, and shipped)</h3>"
+            + _forms_table(forms)
         )
-    if fit.holdout:
-        parts.append("<h3>Hold-out check</h3>" + _holdout_html(fit.holdout))
-    if fit.boundary is not None:
-        parts.append("<h3>Recall boundary</h3>" + _generic_html(fit.boundary))
+    elif forms:
+        parts.append("<h3>Form comparison</h3>" + _generic_html(forms))
+    for form, holdout in (holdouts or {}).items():
+        parts.append(f"<h3>Hold-out check, form “{_esc(form)}”</h3>" + _holdout_html(holdout))
+    if recall is not None:
+        parts.append("<h3>Recall law and boundary</h3>" + _recall_html(recall))
     return "\n".join(parts)
+
+
+def _recall_html(recall: dict) -> str:
+    if "error" in recall:
+        return f"<p>{_esc(recall['error'])}</p>"
+    b, intervals = recall["boundary"], recall.get("intervals", {})
+    text = (
+        f"<p>{_esc(recall['rule'])}: a = {b['a']:.3f}, b = {b['b']:.3f}, c = {b['c']:.3f}; "
+        f"N*(ℓ) = {b['A']:.4g} · ℓ<sup>{b['k']:.3f}</sup> "
+        f"(A {_interval(intervals.get('A'))}, k {_interval(intervals.get('k'))}; "
+        f"{recall.get('bootstrap_ok', 0)} bootstrap refits). Mean |error| of the certified "
+        f"share: {_percent(recall.get('mean_abs_error'))}.</p>"
+    )
+    rows = [
+        [_text(m["length"]), _text(m["n_eff"]), _text(m["max_n_eff"]),
+         _percent(m["best_certified_share"])]
+        for m in recall.get("measured", [])
+    ]  # fmt: skip
+    header = ["ℓ", "smallest N_eff that certified", "largest N_eff run", "best certified share"]
+    return text + _table(header, rows)
 
 
 def _law_summary(fit: _Fit) -> str:
     law = fit.law
     capacity_name = "r" if law.form == "rank" else "N<sub>eff</sub>"
+    power = (
+        f"{law.C_:.4g} · {capacity_name}<sup>{law.alpha_:.4f}</sup> · ℓ<sup>−{law.beta_:.4f}</sup>"
+    )
+    if law.form == "saturating":
+        power = f"(L0 − H⁺) + H⁺ · (1 − exp(−{power})), H⁺ = min(L0, H)"
+    else:
+        power += f" + {law.b_:.4g}"
     formula = (
-        f'<p class="formula">ΔL = {law.C_:.4g} · {capacity_name}<sup>{law.alpha_:.4f}</sup> · '
-        f"ℓ<sup>−{law.beta_:.4f}</sup> + {law.b_:.4g} &nbsp; <small>(form “{_esc(law.form)}”)</small></p>"
+        f'<p class="formula">ΔL = {power} &nbsp; <small>(form “{_esc(law.form)}”)</small></p>'
+        f"<p>{_esc(law.describe())}</p>"
     )
     confidence = f"{100 * law.confidence:g}% interval"
     intervals = getattr(law, "intervals_", {}) or {}
@@ -909,7 +360,7 @@ def _law_summary(fit: _Fit) -> str:
     if getattr(law, "dropped_", 0):
         stats.append(("left out for ΔL ≤ 0", str(law.dropped_)))
     if fit.excluded_capped is not None:
-        stats.append(("left out at the step cap", str(fit.excluded_capped)))
+        stats.append(("left out at the cap", str(fit.excluded_capped)))
     if not intervals:
         stats.append(("intervals", "none (fitted without bootstrap)"))
     return formula + table + _facts_table(stats)
@@ -969,7 +420,7 @@ def _generic_html(value: Any) -> str:
     return f"<p>{_esc(_text(value))}</p>"
 
 
-def _figure_html(figure: _Figure) -> str:
+def _figure_html(figure: Figure) -> str:
     data = base64.b64encode(figure.png).decode("ascii")
     return (
         f"<figure>\n<h3>{_esc(figure.title)}</h3>\n"
@@ -1014,10 +465,10 @@ def _point_columns(rows: list[dict], law: MemoryLaw | None) -> list[tuple[str, C
         ("L0", lambda row: _fixed(row["base_loss"], 3)),
         ("L1", lambda row: _fixed(row["final_loss"], 3)),
         ("ΔL", lambda row: _fixed(row["delta_loss"], 4)),
-        ("predicted ΔL", lambda row: _fixed(_predicted(law, row), 4)),
+        ("predicted ΔL", lambda row: _fixed(predicted_delta(law, row), 4)),
         ("exact match", lambda row: _percent(row["exact_match"])),
         ("certified", lambda row: _percent(row["certified_share"])),
-        ("bits/param", lambda row: _number(_bits_per_param(row), 3)),
+        ("bits/param", lambda row: _number(bits_per_param(row), 3)),
         ("steps", lambda row: row["steps"]),
         ("stop", lambda row: "step cap" if row["hit_cap"] else row["stop_reason"]),
         ("wall", lambda row: _duration(row["wall_seconds"] or 0.0)),

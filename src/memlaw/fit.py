@@ -1,0 +1,466 @@
+"""Sweep rows → one fitted law: the single fitting recipe that ``memlaw fit``, ``memlaw report``
+and the Python API share.
+
+:func:`law_points` averages a sweep's runs over seeds into :class:`~memlaw.law.LawPoint` s
+that carry L0, the information baseline H and the recall measures. :func:`fit_sweep` fits
+every candidate form, compares them by AIC and on held-out points, ships the better one, and
+adds the recall law (:func:`recall_law`) and each point's memorized information; everything
+lands in the law's metadata, so the law JSON is all that plan and report read.
+
+>>> rows = [{"rank": r, "layers": 1, "n_eff": r, "length": l, "method": "sft", "seed": 0,
+...          "delta_loss": 2.0 * r**0.35 * l**-0.45 + 0.05, "base_loss": 3.0,
+...          "stop_reason": "plateau", "hit_cap": False, "exact_match": float(r * 200 >= l),
+...          "certified_share": float(r * 200 >= l), "trainable_params": 1000 * r}
+...         for r in (1, 2, 4, 8, 16) for l in (100, 200, 400, 800)]
+>>> fitted = fit_sweep(rows, metadata={"model": "tiny"}, forms=("full",), n_bootstrap=0)
+>>> round(fitted.law.alpha_, 3), fitted.excluded_capped
+(0.35, 0)
+>>> fitted.law.metadata_["recall"]["boundary"]["k"] > 0
+True
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from scipy.optimize import minimize
+
+from memlaw.errors import MemlawError
+from memlaw.law import LawPoint, MemoryLaw, capacity, compare_forms, holdout_check
+
+# Forms fitted by default; the preferred one by AIC is shipped (compare_forms).
+DEFAULT_FORMS = ("full", "saturating")
+ROW_KEYS = ("rank", "length", "layers", "method", "seed", "n_eff", "delta_loss", "hit_cap")
+# A small ridge on the recall law's slopes: sweeps often separate certified from uncertified
+# points cleanly, where the unpenalized logistic fit runs off to infinite slopes.
+RECALL_RIDGE = 1e-2
+
+
+@dataclass
+class SweepFit:
+    """What :func:`fit_sweep` returns: the shipped law and the evidence behind it."""
+
+    law: MemoryLaw
+    forms: list[dict[str, Any]] | dict[str, str]
+    holdout: dict[str, Any]
+    recall: dict[str, Any]
+    capacity: list[dict[str, Any]]
+    excluded_capped: int
+
+
+# --- rows → points ----------------------------------------------------------------------------
+
+
+def _name(row: Mapping[str, Any], index: int) -> str:
+    return str(row.get("key") or f"row {index}")
+
+
+def check_rows(rows: Any, needed: Sequence[str] = ROW_KEYS) -> list[Mapping[str, Any]]:
+    """The rows as a list of mappings, each holding ``needed``."""
+    if isinstance(rows, Mapping) or not isinstance(rows, Iterable):
+        raise MemlawError("pass a list of sweep rows (SweepStore.rows()), not a single row")
+    rows = list(rows)
+    if not rows:
+        raise MemlawError("no sweep rows given; run memlaw sweep first")
+    for i, row in enumerate(rows):
+        if not isinstance(row, Mapping):
+            raise MemlawError(f"sweep row {i} is a {type(row).__name__}, not a dict of columns")
+        missing = [key for key in needed if key not in row]
+        if missing:
+            raise MemlawError(
+                f"sweep row {_name(row, i)} lacks {', '.join(missing)}; pass rows from "
+                "SweepStore.rows()"
+            )
+    return rows
+
+
+def _number(row: Mapping[str, Any], key: str, index: int) -> float:
+    value = row[key]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise MemlawError(
+            f"sweep row {_name(row, index)} has {key}={value!r}; it must be a finite number "
+            "(rerun that point)"
+        )
+    return float(value)
+
+
+def _optional_mean(rows: list[Mapping[str, Any]], key: str) -> float | None:
+    values = [row.get(key) for row in rows]
+    if any(v is None for v in values):
+        return None
+    return float(np.mean(values))
+
+
+def single_method(rows: list[Mapping[str, Any]]) -> str:
+    methods = sorted({str(row["method"]) for row in rows})
+    if len(methods) > 1:
+        raise MemlawError(
+            f"the rows mix methods {', '.join(methods)}; fit one method at a time: keep only "
+            f"the rows of one (e.g. method == {methods[0]!r})"
+        )
+    return methods[0]
+
+
+def plain(value: float) -> int | float:
+    """A whole float as int, so JSON and labels read ``64`` rather than ``64.0``."""
+    return int(value) if float(value).is_integer() else float(value)
+
+
+def law_points(rows: list[Mapping[str, Any]]) -> list[LawPoint]:
+    """One point per (rank, layers, ℓ), averaged over seeds so no seed weighs the fit twice."""
+    groups: dict[tuple[Any, Any, float], list[Mapping[str, Any]]] = {}
+    for i, row in enumerate(rows):
+        for key in ("length", "n_eff", "delta_loss", "rank", "layers"):
+            _number(row, key, i)
+        key = (plain(row["rank"]), plain(row["layers"]), plain(row["length"]))
+        groups.setdefault(key, []).append(row)
+    points = []
+    for (rank, layers, length), members in sorted(groups.items()):
+        params = members[0].get("trainable_params")
+        points.append(
+            LawPoint(
+                n_eff=plain(members[0]["n_eff"]),
+                length=length,
+                delta_loss=float(np.mean([m["delta_loss"] for m in members])),
+                rank=rank,
+                layers=layers,
+                trainable_params=None if params is None else int(params),
+                base_loss=_optional_mean(members, "base_loss"),
+                info_baseline=_optional_mean(members, "info_baseline"),
+                certified_share=_optional_mean(members, "certified_share"),
+                exact_match=_optional_mean(members, "exact_match"),
+            )
+        )
+    return points
+
+
+# --- the recall law ---------------------------------------------------------------------------
+
+
+def _logistic_fit(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """θ = (a, b, c) of P = σ(a + b·ln N − c·ln ℓ), x = columns (ln N, ln ℓ); y in [0, 1]
+    (a share counts as that fraction of a success). Ridge on b and c."""
+
+    def loss(theta: np.ndarray) -> float:
+        z = theta[0] + theta[1] * x[:, 0] - theta[2] * x[:, 1]
+        # log(1 + e^z) − y·z, computed stably
+        return float(np.sum(np.logaddexp(0.0, z) - y * z)) + RECALL_RIDGE * (
+            theta[1] ** 2 + theta[2] ** 2
+        )
+
+    result = minimize(
+        loss,
+        np.array([0.0, 1.0, 1.0]),
+        method="L-BFGS-B",
+        bounds=[(None, None), (1e-6, None), (1e-6, None)],
+    )
+    return result.x
+
+
+def recall_law(
+    points: list[LawPoint], *, n_bootstrap: int = 200, seed: int = 0, confidence: float = 0.95
+) -> dict[str, Any]:
+    """Certified share as a function of (N_eff, ℓ), and the recall boundary with intervals.
+
+    A logistic law P(certified) = σ(a + b·ln N_eff − c·ln ℓ) is fitted to each point's
+    certified share (the share of items whose every target token has p > 0.5). Its
+    boundary, P = ½, is N*(ℓ) = A · ℓ^k with k = c/b, A = e^(−a/b): the smallest N_eff that
+    certifies ℓ tokens, and ℓ*(N) = (N / A)^(1/k), the most tokens N_eff certifies.
+    Intervals: percentiles over refits on points resampled with replacement. The measured
+    side is kept too: per ℓ, the smallest N_eff whose run certified every item.
+
+    >>> points = [LawPoint(n, l, 1.0, certified_share=float(n * 100 >= l))
+    ...           for n in (1, 2, 4, 8) for l in (100, 200, 400, 800)]
+    >>> law = recall_law(points, n_bootstrap=20)
+    >>> [p["n_eff"] for p in law["measured"]]
+    [1, 2, 4, 8]
+    >>> 0.5 < law["boundary"]["k"] < 1.5
+    True
+    """
+    usable = [p for p in points if p.certified_share is not None]
+    if len(usable) < 4:
+        raise MemlawError(
+            f"the recall law needs the certified share of at least 4 points, got {len(usable)}"
+        )
+    x = np.log([[float(p.n_eff), float(p.length)] for p in usable])
+    y = np.clip([float(p.certified_share) for p in usable], 0.0, 1.0)
+    theta = _logistic_fit(x, y)
+    rng = np.random.default_rng(seed)
+    draws = []
+    for _ in range(n_bootstrap):
+        pick = rng.integers(0, len(usable), size=len(usable))
+        if np.unique(x[pick, 0]).size < 2 or np.unique(x[pick, 1]).size < 2:
+            continue
+        draws.append(_logistic_fit(x[pick], y[pick]))
+    tail = 100.0 * (1.0 - confidence) / 2.0
+    boundary = {"a": float(theta[0]), "b": float(theta[1]), "c": float(theta[2])}
+    boundary |= {"k": boundary["c"] / boundary["b"], "A": math.exp(-theta[0] / theta[1])}
+    intervals = {}
+    if draws:
+        arr = np.array(draws)
+        ks, log_as = arr[:, 2] / arr[:, 1], -arr[:, 0] / arr[:, 1]
+        for name, values in (("k", ks), ("A", np.exp(log_as))):
+            intervals[name] = [
+                float(np.percentile(values, tail)),
+                float(np.percentile(values, 100 - tail)),
+            ]
+        boundary["draws"] = [[float(k), float(a)] for k, a in zip(ks, log_as, strict=True)]
+    predicted = 1.0 / (1.0 + np.exp(-(theta[0] + theta[1] * x[:, 0] - theta[2] * x[:, 1])))
+    return {
+        "rule": "P(certified) = σ(a + b·ln N_eff − c·ln ℓ); boundary N*(ℓ) = A·ℓ^k at P = ½",
+        "boundary": boundary,
+        "intervals": intervals,
+        "bootstrap_ok": len(draws),
+        "mean_abs_error": float(np.mean(np.abs(predicted - y))),
+        "measured": measured_boundary(usable),
+        "lengths": [plain(min(p.length for p in usable)), plain(max(p.length for p in usable))],
+        "n_effs": [plain(min(p.n_eff for p in usable)), plain(max(p.n_eff for p in usable))],
+    }
+
+
+def measured_boundary(points: list[LawPoint]) -> list[dict[str, Any]]:
+    """Per ℓ, the smallest measured N_eff that certified every item (None: none did)."""
+    rows = []
+    for length in sorted({float(p.length) for p in points}):
+        at = sorted(
+            (float(p.n_eff), float(p.certified_share)) for p in points if p.length == length
+        )
+        found = next((n for n, share in at if share >= 1.0), None)
+        rows.append(
+            {
+                "length": plain(length),
+                "n_eff": None if found is None else plain(found),
+                "max_n_eff": plain(at[-1][0]),
+                "best_certified_share": max(s for _, s in at),
+            }
+        )
+    return rows
+
+
+def certifying_n_eff(
+    recall: Mapping[str, Any], length: float, quantile: float | None = None
+) -> float:
+    """N*(ℓ) = A·ℓ^k from a :func:`recall_law` record; with ``quantile`` (e.g. 0.975), that
+    quantile of N* over the bootstrap draws instead of the point estimate.
+
+    >>> certifying_n_eff({"boundary": {"A": 0.01, "k": 1.0}}, 400)
+    4.0
+    """
+    boundary = recall["boundary"]
+    if quantile is None or not boundary.get("draws"):
+        return float(boundary["A"]) * float(length) ** float(boundary["k"])
+    values = [math.exp(min(log_a + k * math.log(length), 700.0)) for k, log_a in boundary["draws"]]
+    return float(np.percentile(values, 100 * quantile))
+
+
+def certified_length(recall: Mapping[str, Any], n_eff: float) -> float:
+    """ℓ*(N) = (N / A)^(1/k): the most target tokens N_eff certifies.
+
+    >>> certified_length({"boundary": {"A": 0.01, "k": 1.0}}, 4)
+    400.0
+    """
+    boundary = recall["boundary"]
+    log_length = (math.log(n_eff) - math.log(float(boundary["A"]))) / float(boundary["k"])
+    return math.exp(min(log_length, 700.0))
+
+
+def predicted_certified_share(recall: Mapping[str, Any], n_eff: float, length: float) -> float:
+    """σ(a + b·ln N − c·ln ℓ)."""
+    b = recall["boundary"]
+    z = b["a"] + b["b"] * math.log(n_eff) - b["c"] * math.log(length)
+    return 1.0 / (1.0 + math.exp(-z))
+
+
+# --- the fit ----------------------------------------------------------------------------------
+
+
+def _guarded(check: Any) -> Any:
+    """A check's result, or ``{"error": message}`` when this grid cannot support it."""
+    try:
+        return check()
+    except MemlawError as error:
+        return {"error": str(error)}
+
+
+def _holdout_summary(holdout: Mapping[str, Any]) -> dict[str, Any]:
+    """The held-out check without its refitted law (the saved law JSON needs one law)."""
+    if "error" in holdout:
+        return dict(holdout)
+    keep = ("n_eff", "length", "delta_loss", "predicted", "relative_error")
+    errors = [point["relative_error"] for point in holdout["held_out"]]
+    return {
+        **{key: value for key, value in holdout.items() if key not in ("law", "held_out")},
+        "median_relative_error": float(np.median(errors)),
+        "held_out": [{key: point[key] for key in keep} for point in holdout["held_out"]],
+    }
+
+
+def _chosen_form(forms: Any, holdouts: dict[str, Any], candidates: Sequence[str]) -> str:
+    """The form with the lowest AIC (the first candidate when the comparison failed)."""
+    if isinstance(forms, list) and forms:
+        return next(row["form"] for row in forms if row["preferred"])
+    return candidates[0]
+
+
+def fit_sweep(
+    rows: Iterable[Mapping[str, Any]],
+    *,
+    metadata: Mapping[str, Any],
+    include_capped: bool = False,
+    forms: Sequence[str] = DEFAULT_FORMS,
+    n_bootstrap: int = 200,
+    seed: int = 0,
+) -> SweepFit:
+    """Fit the law on sweep rows: every form in ``forms`` (AIC and hold-out compared, the
+    lowest AIC shipped), the recall law, and each point's memorized information.
+
+    Rows that hit the cap (not converged, so their ΔL understates capacity) are left out
+    unless ``include_capped``; the rows must hold one method. Forms that need L0 (saturating)
+    are skipped when the rows lack it. A check that cannot run on this grid is recorded as
+    ``{"error": ...}`` instead of failing the fit.
+    """
+    if not isinstance(metadata, Mapping):
+        raise MemlawError(
+            f"metadata must be a dict (model, data, …), got {type(metadata).__name__}"
+        )
+    rows = check_rows(rows)
+    kept = [row for row in rows if include_capped or not row["hit_cap"]]
+    excluded = len(rows) - len(kept)
+    if not kept:
+        raise MemlawError(
+            f"all {len(rows)} sweep rows hit the cap (not converged); rerun with a larger "
+            "cap, or pass --include-capped to fit them anyway"
+        )
+    method = single_method(kept)
+    if "method" in metadata and str(metadata["method"]) != method:
+        raise MemlawError(
+            f"metadata says method {metadata['method']!r} but the rows hold {method!r}; "
+            "pass the rows of that method or fix the metadata"
+        )
+    points = law_points(kept)
+    candidates = [
+        f for f in forms if f != "saturating" or all(p.base_loss is not None for p in points)
+    ]
+    if not candidates:
+        raise MemlawError("no law form to fit: the saturating form needs L0 in every row")
+    compared = _guarded(lambda: compare_forms(points, forms=candidates))
+    holdouts = {
+        f: _holdout_summary(_guarded(lambda f=f: holdout_check(points, form=f))) for f in candidates
+    }
+    form = _chosen_form(compared, holdouts, candidates)
+    law = MemoryLaw(form, n_bootstrap=n_bootstrap, seed=seed).fit(points, metadata=metadata)
+    recall = _guarded(lambda: recall_law(points, n_bootstrap=n_bootstrap, seed=seed))
+    table = [_capacity_row(p) for p in points]
+    law.metadata_ = {
+        **law.metadata_,
+        "method": method,
+        "seeds": sorted({row["seed"] for row in kept}),
+        "layer_counts": sorted({p.layers for p in points}),
+        "include_capped": include_capped,
+        "excluded_capped": excluded,
+        "capped_in_fit": sum(1 for row in kept if row["hit_cap"]),
+        "runs_in_fit": len(kept),
+        "stops": _stop_counts(kept),
+        "forms": compared,
+        "holdout": holdouts[form],
+        "holdouts": holdouts,
+        "recall": recall,
+        "capacity": table,
+    }
+    return SweepFit(law, compared, holdouts[form], recall, table, excluded)
+
+
+def _stop_counts(rows: list[Mapping[str, Any]]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for row in rows:
+        reason = str(row.get("stop_reason") or ("budget" if row["hit_cap"] else "plateau"))
+        counts[reason] = counts.get(reason, 0) + 1
+    return counts
+
+
+def _capacity_row(point: LawPoint) -> dict[str, Any]:
+    row = {
+        "n_eff": point.n_eff,
+        "rank": point.rank,
+        "layers": point.layers,
+        "length": point.length,
+        "delta_loss": point.delta_loss,
+        "certified_share": point.certified_share,
+        "exact_match": point.exact_match,
+    }
+    if point.base_loss is None:
+        return row | {"bits": None, "bits_per_param": None}
+    return row | capacity(point)
+
+
+# --- from a sweep database --------------------------------------------------------------------
+
+
+def sweep_metadata(spec: Any, rows: list[Mapping[str, Any]]) -> dict[str, Any]:
+    """What a law records of the sweep it was fitted on: model, placement, data and its kind,
+    and the training recipe, so a plan can refuse what the law was not measured on and print
+    the command that realizes it."""
+    from memlaw.recipe import MAX_BATCH, MIN_BATCH, UPDATES_PER_EPOCH
+
+    kinds = sorted({str(row["data_kind"]) for row in rows if row.get("data_kind")})
+    if spec.batch_size is None:
+        batch = (
+            f"batch = ⌈items / {UPDATES_PER_EPOCH}⌉ within [{MIN_BATCH}, {MAX_BATCH}] "
+            "(memlaw train's default)"
+        )
+    else:
+        batch = "whole set" if spec.batch_size == 0 else f"batch {spec.batch_size}"
+    cap = f"≤ {spec.max_epochs} epochs" if spec.max_epochs else f"≤ {spec.max_steps} steps"
+    stop = "stop at certified recall or plateau" if spec.stop_at_certified else "stop at plateau"
+    return {
+        "model": spec.model,
+        "modules": spec.modules,
+        "data": spec.data,
+        "data_kind": kinds[0] if len(kinds) == 1 else None,
+        "lr": spec.lr,
+        "batch_size": spec.batch_size,
+        "max_epochs": spec.max_epochs,
+        "max_steps": None if spec.max_epochs else spec.max_steps,
+        "layer_counts": list(spec.layer_counts),
+        "grid": {"ranks": list(spec.ranks), "lengths": list(spec.lengths)},
+        "recipe": f"AdamW lr {spec.lr:g}, {batch}, {cap}, {stop}",
+        "plateau": {
+            "on": spec.plateau_on,
+            "window_epochs": spec.plateau_window,
+            "tolerance": spec.plateau_tolerance,
+        },
+    }
+
+
+def fit_store(
+    db: Any,
+    *,
+    method: str | None = None,
+    include_capped: bool = False,
+    n_bootstrap: int = 200,
+) -> SweepFit:
+    """Fit the law of the sweep in the database ``db`` (opened read-only): what ``memlaw fit``
+    and ``memlaw report`` both run, so the same database gives the same law."""
+    from memlaw.sweep import SweepStore
+
+    store = SweepStore(db)
+    try:
+        spec, rows = store.spec(), store.rows()
+    finally:
+        store.close()
+    if method:
+        rows = [row for row in rows if row["method"] == method]
+        if not rows:
+            raise MemlawError(f"the sweep in {db} has no points for method '{method}'")
+    if not rows:
+        raise MemlawError(f"the sweep in {db} has no finished points yet; run the sweep first")
+    return fit_sweep(
+        rows,
+        metadata=sweep_metadata(spec, rows),
+        include_capped=include_capped,
+        n_bootstrap=n_bootstrap,
+    )
