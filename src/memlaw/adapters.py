@@ -10,12 +10,19 @@
 
 from __future__ import annotations
 
+import json
+import math
+import re
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from torch import nn
 
-from memlaw.errors import MemlawError
+from memlaw.errors import MemlawError, check_number
+
+# A trained LoRA parameter costs its float32 weight, its gradient and AdamW's two moments.
+BYTES_PER_TRAINED_PARAM = 16
 
 MODULE_GROUPS = {
     "mlp": ("gate_proj", "up_proj", "down_proj"),
@@ -38,6 +45,13 @@ class LoraSpec:
     dropout: float = 0.0
     layers: tuple[int, ...] = field(default_factory=tuple)
     modules: str = "mlp"
+
+    def validate(self) -> None:
+        """The spec's own numbers, before any model is needed."""
+        if isinstance(self.rank, bool) or not isinstance(self.rank, int) or self.rank <= 0:
+            raise MemlawError(f"rank must be a positive integer, got {self.rank}")
+        check_number(self.alpha, "LoRA alpha", low=0, low_open=True, optional=True)
+        check_number(self.dropout, "LoRA dropout", low=0, high=1, high_open=True)
 
     def resolved_layers(self, model: nn.Module) -> tuple[int, ...]:
         count = len(decoder_layers(model))
@@ -83,10 +97,7 @@ def module_names(modules: str) -> tuple[str, ...]:
 
 def target_module_names(model: nn.Module, spec: LoraSpec) -> list[str]:
     """Full names of the Linear modules to adapt, checked against the model."""
-    if spec.rank <= 0:
-        raise MemlawError(f"rank must be a positive integer, got {spec.rank}")
-    if not 0.0 <= spec.dropout < 1.0:
-        raise MemlawError(f"LoRA dropout must be within [0, 1), got {spec.dropout}")
+    spec.validate()
     wanted = module_names(spec.modules)
     if not wanted:
         raise MemlawError("no modules given: use mlp, attn, all or module names")
@@ -124,6 +135,7 @@ def attach_lora(model: nn.Module, spec: LoraSpec, seed: int = 0):
         bias="none",
         task_type="CAUSAL_LM",
     )
+    check_lora_fits(model, spec)
     state = torch.random.get_rng_state()
     torch.manual_seed(seed)
     try:
@@ -137,18 +149,230 @@ def trainable_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-def load_adapter(model: nn.Module, adapter_dir: str, *, trainable: bool = False):
-    """Load a saved PEFT adapter onto a base model (plain ``PeftModel.from_pretrained``)."""
-    from pathlib import Path
+def lora_parameter_count(model: nn.Module, spec: LoraSpec) -> int:
+    """The adapter's trainable parameters, counted from the module shapes (no allocation; a
+    model on the meta device will do).
+
+    >>> from memlaw.models import load_model
+    >>> lora_parameter_count(load_model("tiny")[0], LoraSpec(rank=4, layers=(2,)))
+    2304
+    """
+    total = 0
+    for name in target_module_names(model, spec):
+        module = model.get_submodule(name)
+        total += spec.rank * (module.in_features + module.out_features)
+    return total
+
+
+def check_lora_fits(model: nn.Module, spec: LoraSpec, device: str | torch.device | None = None):
+    """Fail before allocating an adapter whose weights, gradients and optimizer state need more
+    memory than ``device`` (default: the model's) has free."""
+    from memlaw.models import available_memory, format_bytes
+
+    if device is None:
+        device = next(model.parameters()).device
+    needed = lora_parameter_count(model, spec) * BYTES_PER_TRAINED_PARAM
+    free = available_memory(device)
+    if free is not None and needed > free:
+        raise MemlawError(
+            f"a rank-{spec.rank} adapter on {spec.modules} needs about {format_bytes(needed)} "
+            f"(weights, gradients, AdamW state) but {device} has {format_bytes(free)} free: "
+            "lower the rank or adapt fewer layers or modules"
+        )
+
+
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+
+
+def load_adapter(
+    model: nn.Module,
+    adapter_dir: str | Path,
+    *,
+    trainable: bool = False,
+    model_name: str | None = None,
+):
+    """Load a saved PEFT adapter onto a base model after checking that it belongs to it.
+
+    Refused with a MemlawError: a folder without ``adapter_config.json`` or with a malformed
+    one; weights missing, empty, truncated, non-finite or in pickle format; an adapter made for
+    another base model (``record.json``'s model against ``model_name``, else the config's
+    ``base_model_name_or_path``, and every weight's shape against the module it adapts); a
+    config that targets modules its weights do not cover.
+    """
+    import warnings
 
     from peft import PeftModel
+    from safetensors import SafetensorError
 
     folder = Path(adapter_dir)
-    if not (folder / "adapter_config.json").is_file():
-        raise MemlawError(f"'{adapter_dir}' is not a PEFT adapter folder (no adapter_config.json)")
+    config, shapes = check_adapter_files(folder)
+    _check_base_model(folder, config, model, model_name)
+    _check_weight_shapes(folder, shapes, model)
     try:
-        return PeftModel.from_pretrained(model, folder, is_trainable=trainable)
-    except (OSError, ValueError, RuntimeError, KeyError) as exc:
+        with warnings.catch_warnings():
+            # Checked below, with a message that says what it means.
+            warnings.filterwarnings("ignore", message="Found missing adapter keys")
+            adapted = PeftModel.from_pretrained(model, folder, is_trainable=trainable)
+    except (OSError, ValueError, RuntimeError, KeyError, SafetensorError) as exc:
+        raise MemlawError(f"cannot load adapter '{folder}': {_first_line(exc)}") from None
+    uncovered = sorted(set(_lora_module_names(adapted)) - set(shapes))
+    if uncovered:
+        adapted.unload()  # leave the caller's model as it was
         raise MemlawError(
-            f"cannot load adapter '{adapter_dir}': {str(exc).splitlines()[0]}"
+            f"adapter '{folder}' targets {len(uncovered)} module(s) that {ADAPTER_WEIGHTS} has "
+            f"no weights for (e.g. {uncovered[0]}): its config and weights do not belong together"
+        )
+    return adapted
+
+
+def check_adapter_files(adapter_dir: str | Path) -> tuple[dict, dict]:
+    """The adapter folder's config and weight shapes, checked without any model: a missing or
+    malformed config, and weights that are missing, pickled, empty, truncated or not finite,
+    fail here."""
+    folder = Path(adapter_dir)
+    if not folder.is_dir():
+        what = "does not exist" if not folder.exists() else "is a file, not an adapter folder"
+        raise MemlawError(f"adapter '{folder}' {what}")
+    return _adapter_config(folder), _adapter_weight_shapes(folder)
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
+def _adapter_config(folder: Path) -> dict:
+    """adapter_config.json, parsed, with a LoRA rank and a finite alpha."""
+    path = folder / "adapter_config.json"
+    if not path.is_file():
+        raise MemlawError(f"'{folder}' is not a PEFT adapter folder (no adapter_config.json)")
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise MemlawError(f"cannot read {path}: {_first_line(exc)}") from None
+    if not isinstance(config, dict):
+        raise MemlawError(f"{path} is not a JSON object")
+    rank, alpha = config.get("r"), config.get("lora_alpha", config.get("r"))
+    if isinstance(rank, bool) or not isinstance(rank, int) or rank <= 0:
+        raise MemlawError(f"{path}: r must be a positive integer, got {rank!r}")
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha):
+        raise MemlawError(f"{path}: lora_alpha must be a finite number, got {alpha!r}")
+    return config
+
+
+def _adapter_weight_shapes(folder: Path) -> dict[str, dict[str, tuple[int, ...]]]:
+    """Module name (as in the PEFT model) → {"lora_A": shape, "lora_B": shape}, read from the
+    safetensors file; every tensor is checked to be finite."""
+    from safetensors import SafetensorError, safe_open
+
+    path = folder / ADAPTER_WEIGHTS
+    if not path.is_file():
+        pickled = [p.name for p in folder.glob("adapter_model.*") if p.suffix in (".bin", ".pt")]
+        if pickled:
+            raise MemlawError(
+                f"adapter '{folder}' has only pickle weights ({pickled[0]}), which memlaw never "
+                f"loads (they can run code): save it as {ADAPTER_WEIGHTS}"
+            )
+        raise MemlawError(f"adapter '{folder}' has no {ADAPTER_WEIGHTS}")
+    shapes: dict[str, dict[str, tuple[int, ...]]] = {}
+    try:
+        with safe_open(str(path), framework="pt") as weights:
+            for key in weights.keys():  # noqa: SIM118 (safe_open is not a mapping)
+                tensor = weights.get_tensor(key)
+                if not torch.isfinite(tensor).all():
+                    raise MemlawError(f"{path}: tensor {key} holds NaN or infinite values")
+                module, _, part = key.partition(".lora_")
+                shapes.setdefault(module, {})["lora_" + part.split(".")[0]] = tuple(tensor.shape)
+    except (SafetensorError, OSError, RuntimeError, ValueError) as exc:
+        raise MemlawError(
+            f"{path} is not a readable safetensors file (empty, truncated or corrupt: "
+            f"{_first_line(exc)})"
         ) from None
+    if not shapes:
+        raise MemlawError(f"{path} holds no LoRA weights")
+    return shapes
+
+
+def _same_model(a: str, b: str) -> bool:
+    def norm(name: str) -> str:
+        path = Path(name).expanduser()
+        return str(path.resolve()) if path.exists() else name.rstrip("/")
+
+    return norm(a) == norm(b)
+
+
+def _check_base_model(folder: Path, config: dict, model: nn.Module, model_name: str | None):
+    """memlaw's record.json names the model an adapter was trained on; other adapters carry
+    PEFT's base_model_name_or_path."""
+    trained_on = None
+    record = folder / "record.json"
+    if record.is_file():
+        try:
+            trained_on = json.loads(record.read_text(encoding="utf-8")).get("model")
+        except (OSError, UnicodeDecodeError, ValueError, AttributeError):
+            trained_on = None  # a broken record says nothing about the model
+    ours = model_name or getattr(model, "name_or_path", None)
+    if not isinstance(trained_on, str) or not trained_on:
+        trained_on = config.get("base_model_name_or_path")
+        ours = getattr(model, "name_or_path", None) or model_name
+    if isinstance(trained_on, str) and trained_on and ours and not _same_model(trained_on, ours):
+        raise MemlawError(
+            f"adapter '{folder}' was trained on model '{trained_on}', not '{ours}': "
+            "load it on the model it was trained on (--model)"
+        )
+
+
+def _check_weight_shapes(folder: Path, shapes: dict, model: nn.Module) -> None:
+    """Each weight pair must fit the Linear module it adapts: lora_A is (r, in), lora_B (out, r)."""
+    for name, pair in shapes.items():
+        module_name = re.sub(r"^base_model\.model\.", "", name)
+        try:
+            module = model.get_submodule(module_name)
+        except AttributeError:
+            raise MemlawError(
+                f"adapter '{folder}' has weights for {module_name}, which this model does not "
+                "have: it was trained on another base model"
+            ) from None
+        a, b = pair.get("lora_A"), pair.get("lora_B")
+        fits = (
+            a is not None
+            and b is not None
+            and len(a) == 2
+            and len(b) == 2
+            and a[1] == getattr(module, "in_features", None)
+            and b[0] == getattr(module, "out_features", None)
+        )
+        if not fits:
+            raise MemlawError(
+                f"adapter '{folder}': the weights for {module_name} (A {a}, B {b}) do not fit "
+                "the model's module: it was trained on another base model"
+            )
+
+
+def _lora_module_names(adapted: nn.Module) -> list[str]:
+    """Names, as in the saved weights, of the modules PEFT adapted from the config."""
+    return [name for name, module in adapted.named_modules() if hasattr(module, "lora_A")]
+
+
+def adapter_n_eff(adapter_dir: str | Path) -> int:
+    """N_eff = rank × adapted layers of a saved PEFT adapter, read with
+    ``peft.PeftConfig.from_pretrained`` (memlaw names each adapted module in full, e.g.
+    ``model.layers.20.mlp.up_proj``, so the layers can be counted)."""
+    import re
+
+    from peft import PeftConfig
+
+    try:
+        config = PeftConfig.from_pretrained(str(adapter_dir))
+    except (OSError, ValueError, TypeError) as exc:
+        raise MemlawError(f"cannot read the adapter config in {adapter_dir} ({exc})") from None
+    modules = config.target_modules or []
+    if isinstance(modules, str):
+        modules = [modules]
+    layers = {m.group(1) for name in modules if (m := re.search(r"layers\.(\d+)\.", name))}
+    if not layers or not getattr(config, "r", None):
+        raise MemlawError(
+            f"cannot tell which layers adapter {adapter_dir} adapts; --law needs one made by "
+            "memlaw train"
+        )
+    return int(config.r) * len(layers)

@@ -16,8 +16,9 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
-from memlaw.errors import MemlawError
+from memlaw.errors import MemlawError, check_integer, check_number
 
 app = typer.Typer(
     add_completion=False,
@@ -66,10 +67,12 @@ def _quiet_transformers() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", message="Could not find a config file")
+    from huggingface_hub.utils import logging as hub_logging
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
+    hub_logging.set_verbosity_error()
 
 
 def load(model: str, dtype: str, device: str, trust_remote_code: bool):
@@ -100,12 +103,21 @@ def parse_generator(spec: str, tokenizer, seed: int):
     )
 
 
+def check_memory_set_options(data_path, generate, length, data_seed) -> None:
+    """The memory set's options, before any model loads."""
+    if (data_path is None) == (generate is None):
+        raise MemlawError("give exactly one of --data FILE or --generate SPEC")
+    if data_path is not None:
+        _check_input_file(data_path, "--data")
+    check_integer(length, "--length", optional=True)
+    check_integer(data_seed, "--data-seed", low=0)
+
+
 def memory_set(model, tokenizer, data_path, generate, length, data_seed, chat_template):
     from memlaw.data import encode_items, load_items
     from memlaw.models import context_length
 
-    if (data_path is None) == (generate is None):
-        raise MemlawError("give exactly one of --data FILE or --generate SPEC")
+    check_memory_set_options(data_path, generate, length, data_seed)
     items = load_items(data_path) if data_path else parse_generator(generate, tokenizer, data_seed)
     return encode_items(
         items,
@@ -114,6 +126,28 @@ def memory_set(model, tokenizer, data_path, generate, length, data_seed, chat_te
         length=length,
         max_context=context_length(model),
     )
+
+
+def _check_input_file(path: Path, option: str) -> None:
+    if not path.exists():
+        raise MemlawError(f"{option} file '{path}' does not exist")
+    if not path.is_file():
+        raise MemlawError(f"{option} '{path}' is not a file")
+
+
+def _check_runtime(dtype: str, device: str) -> None:
+    """--dtype and --device, before anything loads."""
+    from memlaw.models import resolve_device, resolve_dtype
+
+    resolve_dtype(dtype)
+    resolve_device(device)
+
+
+def _check_not_an_input(out: Path, option: str, inputs: dict[str, Path | None]) -> None:
+    """An output must never land on one of the command's inputs."""
+    for name, path in inputs.items():
+        if path is not None and Path(path).exists() and out.resolve() == Path(path).resolve():
+            raise MemlawError(f"{option} '{out}' is the {name} input: give another path")
 
 
 def adapted_model_and_data(
@@ -130,14 +164,17 @@ def adapted_model_and_data(
     trust_remote_code,
 ):
     """The model (with its adapter, if any), tokenizer and encoded memory set that probe and
-    audit look at; a bad --tau fails before anything loads."""
-    from memlaw.adapters import load_adapter
+    audit look at; bad options and a broken adapter fail before anything loads."""
+    from memlaw.adapters import check_adapter_files, load_adapter
 
-    if not 0.0 < tau < 1.0:
-        raise MemlawError(f"--tau must be within (0, 1), got {tau}")
+    check_number(tau, "--tau", low=0, high=1, low_open=True, high_open=True)
+    check_memory_set_options(data, generate, length, data_seed)
+    _check_runtime(dtype, device)
+    if adapter is not None:
+        check_adapter_files(adapter)
     base, tokenizer = load(model, dtype, device, trust_remote_code)
     encoded = memory_set(base, tokenizer, data, generate, length, data_seed, chat_template)
-    target = load_adapter(base, str(adapter)) if adapter else base
+    target = load_adapter(base, adapter, model_name=model) if adapter else base
     return target, tokenizer, encoded
 
 
@@ -179,14 +216,11 @@ def audit_command(
 
         if adapter is None:
             raise MemlawError("--law needs --adapter: the law's gain is counted from its rank")
+        from memlaw.adapters import adapter_n_eff
+
         law = MemoryLaw.load(law_path)
-        law_model = (getattr(law, "metadata_", None) or {}).get("model")
-        if law_model and law_model != model:
-            raise MemlawError(
-                f"the law in {law_path} was fitted for '{law_model}', not '{model}': "
-                "pass a law of this model"
-            )
-        n_eff = _adapter_n_eff(adapter)
+        law.check_applies(model=model)
+        n_eff = adapter_n_eff(adapter)
 
     target, tokenizer, encoded = adapted_model_and_data(
         model,
@@ -217,24 +251,6 @@ def audit_command(
     table.add_row("stubborn tokens", str(report.stubborn_tokens))
     console.print(table)
     console.print(f"recommendation: {report.recommendation}")
-
-
-def _adapter_n_eff(adapter: Path) -> int:
-    """N_eff = rank × adapted layers, from a PEFT adapter's config (memlaw names each adapted
-    module in full, e.g. ``model.layers.20.mlp.up_proj``)."""
-    import re
-
-    try:
-        config = json.loads((adapter / "adapter_config.json").read_text())
-        rank, modules = int(config["r"]), config.get("target_modules") or []
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise MemlawError(f"cannot read the rank of adapter {adapter} ({exc})") from None
-    layers = {m.group(1) for name in modules if (m := re.search(r"layers\.(\d+)\.", name))}
-    if not layers:
-        raise MemlawError(
-            f"cannot tell which layers adapter {adapter} adapts; --law needs one made by memlaw train"
-        )
-    return rank * len(layers)
 
 
 def _int_list(text: str, option: str, minimum: int | None = 1) -> tuple[int, ...]:
@@ -306,7 +322,7 @@ def train_command(
     method: str = typer.Option(
         "memft",
         "--method",
-        help="memft (memlaw's recommended MemFT), sft, memft-ot, memft-soft (sigmoid weights), memft-sw (window for one sequence, curriculum for many), memft-sw-window, memft-sw-curriculum.",
+        help="memft (memlaw's recommended MemFT: memft-ot with train tau 0.8), sft, memft-ot, memft-soft (sigmoid weights), memft-sw (window for one sequence, curriculum for many), memft-sw-window, memft-sw-curriculum, memft-ot-all (memft-ot over all supervised tokens), sft-cap (memft-ot-all with train tau 0.99).",
     ),
     rank: int = typer.Option(4, "--rank", "-r", help="LoRA rank."),
     alpha: float = typer.Option(None, "--alpha", help="LoRA alpha (default: the rank)."),
@@ -320,9 +336,22 @@ def train_command(
         "mlp", "--modules", help="mlp, attn, all, or module names such as up_proj,down_proj."
     ),
     lr: float = typer.Option(1e-2, "--lr", help="AdamW learning rate."),
-    steps: int = typer.Option(200, "--steps", help="Optimizer steps (the budget)."),
-    epochs: int = typer.Option(None, "--epochs", help="Train this many epochs instead of --steps."),
-    batch_size: int = typer.Option(0, "--batch-size", help="Items per step (0: the whole set)."),
+    steps: int = typer.Option(
+        None, "--steps", help="Optimizer steps (the budget; default: the recipe's epoch cap)."
+    ),
+    epochs: int = typer.Option(
+        None, "--epochs", help="Epoch budget (default: 400, ended early by recall or plateau)."
+    ),
+    batch_size: int = typer.Option(
+        None,
+        "--batch-size",
+        help="Items per step (0: the whole set; default: about 6 steps per epoch, 4 to 16 items).",
+    ),
+    plateau_window: int = typer.Option(
+        20,
+        "--plateau-window",
+        help="Stop when memorized loss and certified items stop growing over this many epochs (0: never).",
+    ),
     grad_clip: float = typer.Option(1.0, "--grad-clip", help="Gradient norm clipping."),
     seed: int = typer.Option(0, "--seed", help="Seed: same seed, same losses."),
     tau: float = TauOption,
@@ -363,9 +392,15 @@ def train_command(
 
     Example: memlaw train --generate phonebook:16 --method memft-ot --rank 1 --out run1
     """
-    from memlaw.adapters import LoraSpec
+    from memlaw.adapters import LoraSpec, check_lora_fits
+    from memlaw.atomic import check_writable, remove_stale_staging
     from memlaw.train import TrainConfig, save_run
 
+    _check_train_numbers(
+        rank=rank, alpha=alpha, dropout=dropout, lr=lr, steps=steps, epochs=epochs,
+        batch_size=batch_size, grad_clip=grad_clip, seed=seed, tau=tau, train_tau=train_tau,
+        sft_warmup_steps=sft_warmup_steps, position_decay=position_decay, fallback=fallback,
+    )  # fmt: skip
     layer_indices = _check_lora_args(rank, layers)
     config = TrainConfig(
         method=method,
@@ -382,14 +417,19 @@ def train_command(
         fast_path=fast_path,
         train_tau=train_tau,
         sft_warmup_steps=sft_warmup_steps,
+        plateau_window=plateau_window or None,
     )
     config.validate()
-    if out.exists() and not overwrite:
-        raise MemlawError(f"output folder '{out}' already exists: pick another or pass --overwrite")
     lora = LoraSpec(rank=rank, alpha=alpha, dropout=dropout, layers=layer_indices, modules=modules)
+    lora.validate()
+    check_memory_set_options(data, generate, length, data_seed)
+    _check_runtime(dtype, device)
+    check_writable(out, "--out", folder=True, overwrite=overwrite)
+    _check_not_an_input(out, "--out", {"--data": data})
+    remove_stale_staging(out)  # what a killed run on this output left behind
     base, tokenizer = load(model, dtype, device, trust_remote_code)
     encoded = memory_set(base, tokenizer, data, generate, length, data_seed, chat_template)
-    lora.resolved_layers(base)  # reject a bad layer index before training starts
+    check_lora_fits(base, lora)  # layers, modules and memory, before any allocation
     result = run_training(base, tokenizer, encoded, lora, config, f"{config.method} r={rank}")
     save_run(
         result, out, overwrite=overwrite, extra={"model": model, "data": str(data or generate)}
@@ -399,12 +439,48 @@ def train_command(
         print(json.dumps({k: v for k, v in record.items() if k != "log"}, indent=2))
     else:
         console.print(_run_table([(config.method, record)]))
-        console.print(f"adapter and record saved to [bold]{out}[/bold]")
+        console.print(Text.assemble("adapter and record saved to ", (str(out), "bold")))
     if result.stop_reason == "non-finite loss":
         raise MemlawError(
             f"training stopped at step {result.steps + 1}: the loss became non-finite; the last good "
             f"adapter was saved to {out} — lower --lr"
         )
+
+
+def _check_train_numbers(
+    *,
+    rank: int,
+    alpha: float | None,
+    dropout: float,
+    lr: float,
+    steps: int | None,
+    epochs: int | None,
+    batch_size: int | None,
+    grad_clip: float,
+    seed: int,
+    tau: float,
+    train_tau: float | None,
+    sft_warmup_steps: int,
+    position_decay: float | None,
+    fallback: str,
+) -> None:
+    """Every number of `memlaw train`, for range and finiteness, named as the user typed it."""
+    check_integer(rank, "--rank")
+    check_number(alpha, "--alpha", low=0, low_open=True, optional=True)
+    check_number(dropout, "--lora-dropout", low=0, high=1, high_open=True)
+    check_number(lr, "--lr", low=0, low_open=True)
+    check_integer(steps, "--steps", optional=True)
+    check_integer(epochs, "--epochs", optional=True)
+    check_integer(batch_size, "--batch-size", low=0, optional=True)
+    check_number(grad_clip, "--grad-clip", low=0, low_open=True)
+    check_integer(seed, "--seed", low=0)
+    check_number(tau, "--tau", low=0, high=1, low_open=True, high_open=True)
+    if train_tau is not None:
+        check_number(train_tau, "--train-tau", low=tau, high=1, high_open=True)
+    check_integer(sft_warmup_steps, "--sft-warmup-steps", low=0)
+    check_number(position_decay, "--position-decay", low=0, optional=True)
+    if fallback not in ("skip", "mean"):
+        raise MemlawError(f"--fallback must be skip or mean, got '{fallback}'")
 
 
 RUN_ROWS = (
@@ -519,41 +595,123 @@ def probe_command(
         console.print(stubborn)
     if tokens:
         for item in report.items[:5]:
-            cells = [
-                f"[{'green' if p > tau else 'red'}]{tokenizer.decode([t])!r}:{p:.2f}[/]"
-                for t, p in zip(item.target_ids, item.probabilities, strict=False)
-            ]
-            console.print(f"item {item.index}: " + " ".join(cells))
+            line = Text(f"item {item.index}:")
+            for t, p in zip(item.target_ids, item.probabilities, strict=False):
+                # Text, not markup: a token such as "[b]" is shown as it is.
+                line.append(f" {tokenizer.decode([t])!r}:{p:.2f}", "green" if p > tau else "red")
+            console.print(line)
 
 
 @app.command("demo")
 def demo_command(
     model: str = ModelOption,
-    entries: int = typer.Option(40, "--entries", help="Phonebook entries to memorize."),
-    rank: int = typer.Option(1, "--rank", help="LoRA rank."),
-    steps: int = typer.Option(100, "--steps", help="Step budget of each method."),
-    lr: float = typer.Option(1e-2, "--lr", help="AdamW learning rate."),
+    entries: int = typer.Option(25, "--entries", help="Phonebook entries to memorize."),
+    rank: int = typer.Option(
+        None, "--rank", help="LoRA rank (default: the plan's certifying rank, else 1)."
+    ),
     seed: int = typer.Option(0, "--seed", help="Seed of the data and of training."),
+    compare: bool = typer.Option(
+        False,
+        "--compare",
+        help="Instead: SFT, the published MemFT-OT and memlaw's MemFT side by side.",
+    ),
+    steps: int = typer.Option(100, "--steps", help="With --compare: step budget of each method."),
     out: Path = typer.Option(
         Path("memlaw-demo"), "--out", "-o", help="Folder for adapters, records and the plot."
     ),
 ) -> None:
-    """Memorize a generated phonebook with SFT, the published MemFT-OT and memlaw's recommended
-    MemFT (same data, rank, budget, seed) and compare them side by side.
+    """Plan the rank for a generated phonebook, memorize it to certified recall with memlaw's
+    default recipe, and probe it: every target token above p = 0.5, every item recalled.
 
-    Example: memlaw demo --entries 40 --steps 100
+    Example: memlaw demo --entries 25
     """
-    from memlaw.adapters import LoraSpec
+    from memlaw.atomic import check_writable
+
+    check_integer(entries, "--entries")
+    check_integer(rank, "--rank", optional=True)
+    check_integer(steps, "--steps")
+    check_integer(seed, "--seed", low=0)
+    check_writable(out, "--out", folder=True)
+    if compare:
+        _demo_compare(model, entries, rank or 1, steps, seed, out)
+        return
+    started = time.perf_counter()
+    base, tokenizer = load(model, "float32", "cpu", False)
     from memlaw.data import encode_items, generate_phonebook
-    from memlaw.report import plot_runs
+
+    encoded = encode_items(generate_phonebook(entries, seed=seed), tokenizer)
+    rank = rank or _demo_rank(model, base, tokenizer, encoded)
+    _demo_memorize(model, base, tokenizer, encoded, rank, seed, out, entries)
+    console.print(f"total time: {time.perf_counter() - started:.0f} s", markup=False)
+
+
+def _demo_rank(model: str, base, tokenizer, encoded) -> int:
+    """The plan's rank to be safe, from the law memlaw ships for the model (1 without one)."""
+    from memlaw.law import MemoryLaw, reference_law_path
+    from memlaw.plan import measure_memory_set, plan
+
+    try:
+        law = MemoryLaw.load(reference_law_path(model))
+        memory = measure_memory_set(base, tokenizer, encoded, generator="phonebook")
+        result = plan(law, memory, model=model, modules="mlp")
+    except MemlawError as error:
+        console.print(f"plan: {error}; training rank 1", markup=False)
+        return 1
+    if result.certifying_rank_range is None:
+        console.print("plan: the shipped law holds no recall data; training rank 1", markup=False)
+        return 1
+    low, high = result.certifying_rank_range
+    console.print(
+        f"plan: ℓ = {memory.length:g} target tokens; the smallest certifying rank is "
+        f"{result.certifying_rank} (95% interval {low}–{high}); training rank {high}",
+        markup=False,
+    )
+    return high
+
+
+def _demo_memorize(model, base, tokenizer, encoded, rank, seed, out: Path, entries: int) -> None:
+    from memlaw.adapters import LoraSpec, check_lora_fits
     from memlaw.train import TrainConfig, save_run
 
-    _check_lora_args(rank, None)
+    lora = LoraSpec(rank=rank)
+    check_lora_fits(base, lora)
+    config = TrainConfig(method="memft", seed=seed, plateau_window=20)
+    result = run_training(base, tokenizer, encoded, lora, config, f"memft r={rank}")
+    save_run(result, out, overwrite=True, extra={"model": model, "data": f"phonebook:{entries}"})
+    report = result.report
+    summary = report.summary()
+    lowest = min(p for item in report.items for p in item.probabilities)
+    console.print(_run_table([("memft", result.record())]))
+    console.print(
+        f"{result.stop_reason} after {result.steps} steps ({result.train_seconds:.0f} s): "
+        f"{summary['token_certified_share']:.1%} of target tokens above p = 0.5 (lowest "
+        f"p = {lowest:.3f}), {summary['certified_share']:.1%} of items certified, "
+        f"{summary['exact_match']:.1%} recalled exactly by greedy decoding",
+        markup=False,
+    )
+    item = report.items[0]
+    if item.generated_ids is not None:
+        console.print(
+            f"e.g. {tokenizer.decode(list(encoded[0].prompt_ids))!r} → "
+            f"{tokenizer.decode(list(item.generated_ids))!r}",
+            markup=False,
+        )
+    console.print(f"adapter, record and probe saved to {out}", markup=False)
+
+
+def _demo_compare(model: str, entries: int, rank: int, steps: int, seed: int, out: Path) -> None:
+    """SFT, the published MemFT-OT and memlaw's MemFT on the same data, rank, budget, seed."""
+    from memlaw.adapters import LoraSpec, check_lora_fits
+    from memlaw.data import encode_items, generate_phonebook
+    from memlaw.figures import plot_runs
+    from memlaw.train import TrainConfig, save_run
+
     runs = []
     for method in ("sft", "memft-ot", "memft"):
         base, tokenizer = load(model, "float32", "cpu", False)
         encoded = encode_items(generate_phonebook(entries, seed=seed), tokenizer)
-        config = TrainConfig(method=method, lr=lr, steps=steps, seed=seed)
+        config = TrainConfig(method=method, steps=steps, seed=seed)
+        check_lora_fits(base, LoraSpec(rank=rank))
         started = time.perf_counter()
         result = run_training(base, tokenizer, encoded, LoraSpec(rank=rank), config, method)
         save_run(
@@ -563,10 +721,10 @@ def demo_command(
             extra={"model": model, "data": f"phonebook:{entries}"},
         )
         runs.append((method, result))
-        err_console.print(f"{method}: done in {time.perf_counter() - started:.0f} s")
+        console.print(f"{method}: done in {time.perf_counter() - started:.0f} s")
     console.print(_run_table([(label, r.record()) for label, r in runs]))
     plot = plot_runs(runs, out / "demo.png")
-    console.print(f"adapters, records and the plot are in [bold]{out}[/bold] (plot: {plot})")
+    console.print(f"adapters, records and the plot are in {out} (plot: {plot})", markup=False)
 
 
 @app.command("sweep")
@@ -594,7 +752,11 @@ def sweep_command(
     max_epochs: int = typer.Option(
         None, "--max-epochs", help="Epoch cap of each point (replaces --max-steps)."
     ),
-    batch_size: int = typer.Option(0, "--batch-size", help="Items per step (0: the whole set)."),
+    batch_size: int = typer.Option(
+        None,
+        "--batch-size",
+        help="Items per step (0: the whole set; default: the default recipe's for each set size).",
+    ),
     stop_at_certified: bool = typer.Option(
         True,
         "--stop-at-certified/--train-past-certified",
@@ -649,22 +811,25 @@ def sweep_command(
 
     On GPUs of a Ray cluster: memlaw sweep --device cuda --dtype bfloat16 --executor ray --address auto
     """
-    from memlaw.sweep import LocalExecutor, SweepSpec, SweepStore, check_device, run_sweep
+    from memlaw.atomic import check_writable
+    from memlaw.sweep import LocalExecutor, SweepSpec, check_device
 
-    method_list = tuple(m.strip() for m in methods.split(",") if m.strip())
-    if workers is not None and workers <= 0:
-        raise MemlawError(f"--workers must be positive, got {workers}")
+    _check_sweep_numbers(
+        lr=lr, max_steps=max_steps, max_epochs=max_epochs, batch_size=batch_size,
+        plateau_window=plateau_window, plateau_tolerance=plateau_tolerance, workers=workers,
+    )  # fmt: skip
     if executor not in ("local", "ray"):
         raise MemlawError(f"unknown --executor '{executor}': use local or ray")
     if address is not None and executor != "ray":
         raise MemlawError("--address is for the ray executor: add --executor ray")
+    _check_sweep_data(data)
     spec = SweepSpec(
         model=model,
         data=data,
         ranks=_int_list(ranks, "--ranks"),
         lengths=_int_list(lengths, "--lengths"),
         layer_counts=_int_list(layer_counts, "--layer-counts"),
-        methods=method_list,
+        methods=_names(methods, "--methods"),
         seeds=_int_list(seeds, "--seeds", minimum=0),
         modules=modules,
         lr=lr,
@@ -679,19 +844,20 @@ def sweep_command(
         dtype=dtype,
         fast_path=fast_path,
     )
+    check_writable(db, "--db")
     _quiet_transformers()
-    # Check where the points will run before the store records this sweep's settings.
+    # Check where and whether the points can run before the store records this sweep.
     if executor == "local":
         check_device(spec.device)
-        store = SweepStore(db, spec)
-        summary = run_sweep(spec, store, LocalExecutor(workers=workers or 1))
+        check_sweep_fits(spec, memory_on=spec.device)
+        store, summary = _sweep_into(db, spec, LocalExecutor(workers=workers or 1))
     else:
         from memlaw.ray_executor import RayExecutor
 
+        check_sweep_fits(spec, memory_on=None)  # the points run on the cluster's machines
         with RayExecutor(address=address, workers=workers) as runner:
             runner.check(spec)
-            store = SweepStore(db, spec)
-            summary = run_sweep(spec, store, runner)
+            store, summary = _sweep_into(db, spec, runner)
     rows = store.rows()
     capped = sum(r["hit_cap"] for r in rows)
     console.print(
@@ -700,29 +866,86 @@ def sweep_command(
     )
 
 
-REFERENCE_LAWS = {"smollm2-135m": "smollm2-135m.json"}
+def _check_sweep_numbers(
+    *,
+    lr: float,
+    max_steps: int,
+    max_epochs: int | None,
+    batch_size: int | None,
+    plateau_window: int,
+    plateau_tolerance: float,
+    workers: int | None,
+) -> None:
+    """Every number of `memlaw sweep`, for range and finiteness, named as the user typed it."""
+    check_number(lr, "--lr", low=0, low_open=True)
+    check_integer(max_steps, "--max-steps")
+    check_integer(max_epochs, "--max-epochs", optional=True)
+    check_integer(batch_size, "--batch-size", low=0, optional=True)
+    check_integer(plateau_window, "--plateau-window")
+    check_number(plateau_tolerance, "--plateau-tolerance", low=0)
+    check_integer(workers, "--workers", optional=True)
 
 
-def reference_law_path(model: str) -> Path:
-    """The law shipped with memlaw for a built-in model (see laws/README.md)."""
-    if model not in REFERENCE_LAWS:
+def _names(text: str, option: str) -> tuple[str, ...]:
+    names = tuple(name.strip() for name in text.split(",") if name.strip())
+    if not names:
+        raise MemlawError(f"{option} needs at least one name, got '{text}'")
+    return names
+
+
+def _check_sweep_data(data: str) -> None:
+    kind, _, argument = data.partition(":")
+    if kind != "noisy":
+        return
+    try:
+        fraction = float(argument)
+    except ValueError:
+        raise MemlawError(f"--data '{data}': noisy needs a fraction, e.g. noisy:0.1") from None
+    check_number(fraction, "--data noisy:FRACTION", low=0, high=1)
+
+
+def check_sweep_fits(spec, memory_on: str | None) -> None:
+    """Refuse, before any point runs, a sweep whose points cannot run: too many layers, unknown
+    modules, a memory set longer than the model's context, or (``memory_on``: the device the
+    points train on) an adapter at the largest rank that does not fit in memory."""
+    from memlaw.adapters import LoraSpec, check_lora_fits, target_module_names
+    from memlaw.models import context_length, model_skeleton
+    from memlaw.sweep import adapted_layers, memory_set_for
+
+    skeleton, tokenizer = model_skeleton(spec.model)
+    total = skeleton.config.num_hidden_layers
+    layers = adapted_layers(max(spec.layer_counts), total)
+    largest = LoraSpec(rank=max(spec.ranks), layers=layers, modules=spec.modules)
+    target_module_names(skeleton, largest)
+    longest = max(spec.lengths)
+    sequence = max(len(item.input_ids) for item in memory_set_for(spec, longest, tokenizer))
+    context = context_length(skeleton)
+    if sequence > context:
         raise MemlawError(
-            f"memlaw ships no law for '{model}': pass --law (fit one with memlaw sweep + memlaw fit)"
+            f"--lengths {longest}: the memory set would hold a sequence of {sequence} tokens, "
+            f"more than the context of {spec.model} ({context}): use shorter lengths"
         )
-    return Path(__file__).parent / "laws" / REFERENCE_LAWS[model]
+    if memory_on is not None:
+        check_lora_fits(skeleton, largest, device=memory_on)
 
 
-def _sweep_metadata(store) -> dict:
-    spec = store.spec()
-    return {
-        "model": spec.model,
-        "modules": spec.modules,
-        "data": spec.data,
-        "lr": spec.lr,
-        "layer_counts": list(spec.layer_counts),
-        "grid": {"ranks": list(spec.ranks), "lengths": list(spec.lengths)},
-        "max_steps": spec.max_steps,
-    }
+def _sweep_into(db: Path, spec, runner):
+    """Run the sweep into ``db``; a store this run created is removed again if the sweep
+    fails before any point finished, so a corrected command starts clean."""
+    from memlaw.sweep import SweepStore, run_sweep
+
+    created = not db.exists()
+    store = None
+    try:
+        store = SweepStore(db, spec)
+        return store, run_sweep(spec, store, runner)
+    except BaseException:
+        if created and (store is None or not store.finished_keys()):
+            if store is not None:
+                store.close()
+            for suffix in ("", "-wal", "-shm", "-journal"):
+                Path(f"{db}{suffix}").unlink(missing_ok=True)
+        raise
 
 
 @app.command("fit")
@@ -735,86 +958,89 @@ def fit_command(
         None, "--method", help="Fit this method's points (needed when the sweep has several)."
     ),
     include_capped: bool = typer.Option(
-        False, "--include-capped", help="Also fit points that hit the step cap."
+        False, "--include-capped", help="Also fit points that hit the cap."
     ),
     bootstrap: int = typer.Option(
         200, "--bootstrap", help="Bootstrap resamples for the 95% intervals."
     ),
-    saturation_loss: float = typer.Option(
-        None,
-        "--saturation-loss",
-        help="Leave out points whose final loss fell below this (memorized outright: ΔL ≈ L0 is bounded by the data, not capacity).",
-    ),
 ) -> None:
-    """Fit ΔL = C · N_eff^α · ℓ^(−β) + b to a sweep and save the law as JSON.
+    """Fit the law to a sweep (the paper's form and a saturating one; the better by AIC is
+    saved), with its recall boundary, and save it as JSON.
 
     Example: memlaw fit --db sweep.db --out law.json
     """
-    from memlaw.atomic import atomic_write_json
-    from memlaw.plan import fit_sweep
-    from memlaw.sweep import SweepStore
+    from memlaw.atomic import check_writable
+    from memlaw.fit import fit_store
 
-    store = SweepStore(db)
-    rows = store.rows()
-    if method:
-        rows = [r for r in rows if r["method"] == method]
-        if not rows:
-            raise MemlawError(f"the sweep in {db} has no points for method '{method}'")
-    fitted = fit_sweep(
-        rows,
-        metadata=_sweep_metadata(store),
-        include_capped=include_capped,
-        saturation_loss=saturation_loss,
-        n_bootstrap=bootstrap,
-    )
-    law = fitted["law"]
-    law.save(out)
-    atomic_write_json(out.with_suffix(".fit.json"), {k: v for k, v in fitted.items() if k != "law"})
-    table = Table(
-        title=f"ΔL = C · N_eff^α · ℓ^(−β) + b   (R² = {law.r2_:.4f}, {law.n_points_} points)"
-    )
+    check_integer(bootstrap, "--bootstrap", low=0)
+    check_writable(out, "--out")
+    _check_not_an_input(out, "--out", {"--db": db})
+    fitted = fit_store(db, method=method, include_capped=include_capped, n_bootstrap=bootstrap)
+    fitted.law.save(out)
+    _print_fit(fitted)
+    console.print(f"law saved to {out}", markup=False)
+
+
+def _print_fit(fitted) -> None:
+    law = fitted.law
+    table = Table(title=f"{law.describe()}")
     for column in ("parameter", "value", "95% interval"):
         table.add_column(column, justify="right")
-    for name in ("C", "alpha", "beta", "b"):
+    names = ("C", "alpha", "beta") + (("b",) if law.offset else ())
+    for name in names:
         low, high = law.intervals_.get(name, (None, None))
         interval = "-" if low is None else f"[{low:.4g}, {high:.4g}]"
         table.add_row(name, f"{getattr(law, name + '_'):.4g}", interval)
     console.print(table)
     if law.n_bootstrap:
+        trusted = getattr(law, "intervals_trusted_", True)
         console.print(
             f"intervals: {law.n_bootstrap_ok_} of {law.n_bootstrap} bootstrap refits succeeded"
+            + ("" if trusted else " — too few: do not trust the intervals (raise --bootstrap)")
         )
-    holdout = fitted["holdout"]
-    if isinstance(holdout, dict) and "mean_relative_error" in holdout:
+    if isinstance(fitted.forms, list):
         console.print(
-            f"hold-out (largest N_eff and ℓ predicted from the rest): mean relative error "
-            f"{holdout['mean_relative_error']:.1%}, max {holdout['max_relative_error']:.1%}"
+            "forms by AIC: "
+            + ", ".join(f"{f['form']} {f['aic']:.1f}" for f in fitted.forms)
+            + f" → {law.form}",
+            markup=False,
         )
-    if fitted["excluded_saturated"]:
+    for form, holdout in law.metadata_["holdouts"].items():
+        if "median_relative_error" in holdout:
+            console.print(
+                f"hold-out ({form}; largest N_eff and ℓ predicted from the rest): median "
+                f"relative ΔL error {holdout['median_relative_error']:.1%}, max "
+                f"{holdout['max_relative_error']:.1%}",
+                markup=False,
+            )
+    recall = fitted.recall
+    if "boundary" in recall:
+        b, ci = recall["boundary"], recall.get("intervals", {})
         console.print(
-            f"{fitted['excluded_saturated']} points were memorized outright (final loss < {saturation_loss}) "
-            "and left out of the law"
+            f"recall boundary: N*(ℓ) = {b['A']:.3g} · ℓ^{b['k']:.3f}"
+            + (f" (k 95% interval [{ci['k'][0]:.3f}, {ci['k'][1]:.3f}])" if "k" in ci else ""),
+            markup=False,
         )
-    if fitted["excluded_capped"]:
+    else:
+        console.print(f"recall boundary: none ({recall.get('error')})", markup=False)
+    if fitted.excluded_capped:
         console.print(
-            f"{fitted['excluded_capped']} points hit the step cap and were left out (--include-capped to keep them)"
+            f"{fitted.excluded_capped} points hit the cap and were left out "
+            "(--include-capped to keep them)"
         )
-    console.print(f"law saved to [bold]{out}[/bold]")
 
 
 @app.command("plan")
 def plan_command(
     length: int = typer.Option(None, "--length", "-l", help="ℓ: target tokens to memorize."),
     data: Path = typer.Option(
-        None, "--data", "-d", help="Count ℓ (and the base loss) from this data file."
+        None, "--data", "-d", help="Measure ℓ, L0, H and the data kind on this data file."
     ),
     model: str = ModelOption,
     law_path: Path = typer.Option(
         None, "--law", help="A fitted law JSON (default: memlaw's law for the model)."
     ),
-    rank: int = typer.Option(
-        None, "--rank", "-r", help="Your current rank, to see what doubling it gains."
-    ),
+    rank: int = typer.Option(None, "--rank", "-r", help="A rank to ask about: how much it holds."),
     layers: int = typer.Option(1, "--layers", help="Number of adapted layers."),
     modules: str = typer.Option(
         None,
@@ -824,79 +1050,104 @@ def plan_command(
     base_loss: float = typer.Option(
         None,
         "--base-loss",
-        help="Base loss L0 of your data (nats/token), for final-loss predictions.",
+        help="Base loss L0 of your data (nats/token), with --length.",
     ),
-    min_gain: float = typer.Option(
-        0.05,
-        "--min-gain",
-        help="Diminishing returns: a doubling gains less than this per added rank (nats/token).",
+    force: bool = typer.Option(
+        False, "--force", help="Plan even for data or modules the law was not measured on."
     ),
     png: Path = typer.Option(Path("plan.png"), "--png", help="Where to draw the plan."),
     as_json: bool = typer.Option(False, "--json", help="Print the plan as JSON."),
 ) -> None:
-    """Plan the LoRA rank from the law before spending compute.
+    """Plan the LoRA rank from the law before spending compute: the smallest rank that
+    certifies the set, and how much a rank holds.
 
-    Example: memlaw plan --length 2000 --rank 8
+    Example: memlaw plan --data facts.jsonl --rank 2
     """
-    from memlaw.law import MemoryLaw
-    from memlaw.plan import check_law_applies, describe_law, format_plan_table, plan, plot_plan
+    from memlaw.atomic import check_writable
+    from memlaw.figures import plot_plan
+    from memlaw.law import MemoryLaw, reference_law_path
+    from memlaw.plan import MemorySet, measure_memory_set, plan
 
     if (length is None) == (data is None):
         raise MemlawError("give exactly one of --length N or --data FILE")
-    if rank is not None and rank <= 0:
-        raise MemlawError(f"--rank must be a positive integer, got {rank}")
+    check_integer(rank, "--rank", optional=True)
+    _check_plan_options(length, data, layers, base_loss)
+    check_writable(png, "--png")
+    _check_not_an_input(png, "--png", {"--data": data, "--law": law_path})
     law = MemoryLaw.load(law_path or reference_law_path(model))
-    check_law_applies(law, model=model, modules=modules)  # before the base-loss pass
+    law.check_applies(model=model, modules=modules, force=force)  # before the L0 pass
     if data is not None:
-        from memlaw.data import encode_items, load_items, target_length
-        from memlaw.probe import mean_target_loss, teacher_forced
+        from memlaw.data import encode_items, load_items
 
         base, tokenizer = load(model, "float32", "cpu", False)
         encoded = encode_items(load_items(data), tokenizer)
-        length = target_length(encoded)
-        if base_loss is None:
-            with console.status("measuring the base loss of your data…"):
-                base_loss = mean_target_loss(teacher_forced(base, encoded, tokenizer.pad_token_id))
+        with console.status("measuring the base loss of your data…"):
+            memory = measure_memory_set(base, tokenizer, encoded)
+    else:
+        memory = MemorySet(length=length, base_loss=base_loss)
     result = plan(
-        law,
-        length,
-        base_loss=base_loss,
-        current_rank=rank,
-        layers=layers,
-        min_gain=min_gain,
-        model=model,
-        modules=modules,
+        law, memory, layers=layers, current_rank=rank, model=model, modules=modules, force=force
     )
+    plot_plan(result, law, png)
     if as_json:
         print(json.dumps(result.to_dict(), indent=2))
-    else:
-        rows = format_plan_table(result)
-        table = Table(
-            title=f"plan for ℓ = {length} target tokens"
-            + (f", L0 = {base_loss:.3f}" if base_loss else "")
+        return
+    _print_plan(result, law, data)
+    console.print(f"plot: {png}", markup=False)
+
+
+def _print_plan(result, law, data: Path | None) -> None:
+    from memlaw.plan import train_command
+
+    memory = result.memory
+    rows = result.table()
+    title = f"plan for ℓ = {memory.length:g} target tokens"
+    if memory.base_loss is not None:
+        title += f", L0 = {memory.base_loss:.3f}"
+    if memory.info_baseline is not None:
+        title += f", H = {memory.info_baseline:.3f}"
+    table = Table(title=title)
+    for column in rows[0]:
+        table.add_column(column, justify="right")
+    for row in rows:
+        table.add_row(*row.values())
+    console.print(table)
+    console.print(f"law: {law.describe()}", soft_wrap=True, markup=False)
+    if result.certifying_rank is not None:
+        low, high = result.certifying_rank_range
+        console.print(
+            f"smallest rank that certifies this set: {result.certifying_rank} "
+            f"(95% interval: rank {low}–{high}; train rank {high} to be safe)",
+            markup=False,
         )
-        for column in rows[0]:
-            table.add_column(column, justify="right")
-        for row in rows:
-            table.add_row(*row.values())
-        console.print(table)
-        console.print(f"law: {describe_law(law)}", soft_wrap=True)
-        diminishing = (
-            f"diminishing returns from rank {result.diminishing_rank}"
-            if result.diminishing_rank is not None
-            else "no diminishing-returns rank in this grid"
+    holds = result.holds
+    if holds is not None and "certified_length" in holds:
+        span = holds.get("certified_length_range")
+        console.print(
+            f"rank {holds['rank']} certifies up to about {holds['certified_length']:,.0f} target "
+            "tokens"
+            + (f" (95% interval {span[0]:,.0f}–{span[1]:,.0f})" if span else "")
+            + (
+                f" and is predicted to store {holds['on_this_set']['memorized_bits']:,.0f} bits "
+                "of this set"
+                if holds["on_this_set"]["memorized_bits"] is not None
+                else ""
+            ),
+            markup=False,
         )
-        recall = (
-            f"full recall predicted at rank {result.recall_rank} ({result.recall_source})"
-            if result.recall_rank is not None
-            else "no full-recall rank predicted (see the notes)"
-        )
-        console.print(f"{diminishing}; {recall}")
-        for note in result.notes:
-            console.print(f"note: {note}")
-    plot_plan(result, law, png)
-    if not as_json:
-        console.print(f"plot: {png}")
+    for note in result.notes:
+        console.print(f"note: {note}", markup=False)
+    if result.certifying_rank is not None:
+        safe = result.certifying_rank_range[1]
+        console.print(f"train it: {train_command(result, law, data, safe)}", markup=False)
+
+
+def _check_plan_options(length, data, layers, base_loss) -> None:
+    check_integer(length, "--length", optional=True)
+    if data is not None:
+        _check_input_file(data, "--data")
+    check_integer(layers, "--layers")
+    check_number(base_loss, "--base-loss", low=0, low_open=True, optional=True)
 
 
 @app.command("report")
@@ -916,34 +1167,155 @@ def report_command(
 
     Example: memlaw report --db sweep.db --out report.html
     """
+    from memlaw.atomic import check_writable
     from memlaw.law import MemoryLaw
-    from memlaw.report import write_sweep_report
+    from memlaw.report import law_path_for, write_sweep_report
 
+    check_writable(out, "--out")
+    check_writable(out.with_name(f"{out.stem}_figures"), "--out's figure folder", folder=True)
+    _check_not_an_input(out, "--out", {"--db": db, "--law": law_path})
     law = MemoryLaw.load(law_path) if law_path else None
     with console.status("writing the report…"):
         path = write_sweep_report(db, out, law=law, point=point)
-    console.print(f"report: [bold]{path}[/bold]")
+    console.print(f"report: {path}", markup=False)
+    if law_path_for(path).exists():
+        console.print(f"its law: {law_path_for(path)}", markup=False)
 
 
 def main() -> None:
-    """Entry point: run the app, turning MemlawError into a one-line error and exit code 2."""
-    try:
-        app(standalone_mode=False)
-    except MemlawError as exc:
-        err_console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        err_console.print("interrupted")
-        sys.exit(130)
-    except Exception as exc:  # click's usage errors carry their own exit code
-        import click
+    """Entry point: every expected failure ends as one line ``error: ...`` on stderr and exit
+    code 2; an unexpected one is a bug and keeps its traceback."""
+    # memlaw never downloads: a Hub id that is not in the local cache fails at once instead
+    # of after a dozen lines of retries.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    sys.exit(_run_app())
 
-        if isinstance(exc, click.exceptions.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        if isinstance(exc, click.exceptions.Abort):
-            sys.exit(1)
-        raise
+
+def _run_app() -> int:
+    """Run the app; return the exit code. Library warnings are held back and shown after a
+    success, so that a failure prints its one line and nothing else."""
+    with warnings.catch_warnings(record=True) as caught:
+        try:
+            result = app(standalone_mode=False)
+        except KeyboardInterrupt:
+            err_console.print("interrupted", highlight=False)
+            return 130
+        except Exception as exc:  # noqa: BLE001 (this is the boundary)
+            return _handle_failure(exc)
+    for warning in caught:
+        _print_line("warning:", "yellow", str(warning.message))
+    return result if isinstance(result, int) else 0
+
+
+def _handle_failure(exc: Exception) -> int:
+    from typer._click import exceptions as click_exceptions
+    from typer.exceptions import Abort
+
+    if isinstance(exc, click_exceptions.NoArgsIsHelpError):
+        # A bare `memlaw`: typer's rich formatter printed the help while raising this.
+        if exc.format_message().strip():
+            print(exc.format_message())
+        return 0
+    if isinstance(exc, click_exceptions.UsageError):
+        return _fail(_usage_message(exc))
+    if isinstance(exc, click_exceptions.ClickException):
+        return _fail(exc.format_message())
+    if isinstance(exc, Abort):
+        return _fail("aborted")
+    if isinstance(exc, BrokenPipeError):  # `memlaw probe --json | head`: the reader left
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (no flush error at exit)
+        return 1
+    message = expected_failure(exc)
+    if message is None:
+        return _report_bug(exc)
+    return _fail(message)
+
+
+def _usage_message(exc) -> str:
+    message = exc.format_message()
+    if exc.ctx is not None:
+        message += f" (see '{exc.ctx.command_path} --help')"
+    return message
+
+
+def expected_failure(exc: BaseException) -> str | None:
+    """The one-line message for a failure that is the input's or the environment's fault, or
+    None for one that is memlaw's (a bug)."""
+    import pickle
+    import sqlite3
+
+    if isinstance(exc, MemlawError):
+        return str(exc)
+    if _is_out_of_memory(exc):
+        return (
+            f"out of memory ({_first_line(exc)}): lower --rank, --batch-size or the data size, "
+            "or free memory"
+        )
+    if isinstance(exc, OSError):
+        return _os_error_message(exc)
+    if type(exc) in (sqlite3.OperationalError, sqlite3.DatabaseError):
+        return f"database error: {_first_line(exc)}"
+    if isinstance(exc, pickle.UnpicklingError):
+        return f"refused to load pickle data, which can run code: {_first_line(exc)}"
+    if type(exc).__name__ == "SafetensorError":
+        return f"cannot read a safetensors file (empty, truncated or corrupt): {_first_line(exc)}"
+    if isinstance(exc, UnicodeDecodeError):
+        return f"an input file is not UTF-8 text ({_first_line(exc)})"
+    return None
+
+
+def _is_out_of_memory(exc: BaseException) -> bool:
+    if isinstance(exc, MemoryError):
+        return True
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(exc, getattr(torch, "OutOfMemoryError", ())):
+        return True
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and (
+        "can't allocate memory" in text or "out of memory" in text.lower()
+    )
+
+
+def _os_error_message(exc: OSError) -> str:
+    reason = exc.strerror or _first_line(exc)
+    if exc.filename is None:
+        return reason
+    where = f"'{exc.filename}'"
+    if exc.filename2 is not None:
+        where += f" -> '{exc.filename2}'"
+    return f"{reason}: {where}"
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
+def _print_line(label: str, style: str, message: str) -> None:
+    """One line on stderr with the user's text exactly as given (never read as markup)."""
+    from rich.text import Text
+
+    line = " ".join(part.strip() for part in message.strip().splitlines() if part.strip())
+    err_console.print(
+        Text.assemble((label, style), " ", line), soft_wrap=True, highlight=False, emoji=False
+    )
+
+
+def _fail(message: str) -> int:
+    _print_line("error:", "red", message)
+    return 2
+
+
+def _report_bug(exc: Exception) -> int:
+    import traceback
+
+    err_console.print(
+        "memlaw: internal error (this is a bug: please report it with the traceback below)",
+        markup=False,
+        highlight=False,
+    )
+    traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":

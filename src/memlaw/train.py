@@ -25,31 +25,15 @@ from pathlib import Path
 
 import torch
 
-from memlaw import objectives as O
+from memlaw import objectives
 from memlaw.adapters import LoraSpec, attach_lora, trainable_parameters
 from memlaw.atomic import atomic_write_dir, atomic_write_json
 from memlaw.data import EncodedItem, target_length
 from memlaw.errors import MemlawError
 from memlaw.forward import choose_forward
+from memlaw.objectives import METHODS as METHODS  # the one method list, re-exported
 from memlaw.probe import ProbeReport, mean_target_loss, probe, teacher_forced
-
-METHODS = (
-    "sft",
-    "memft",
-    "memft-ot",
-    "memft-soft",
-    "memft-sw",
-    "memft-sw-window",
-    "memft-sw-curriculum",
-)
-
-
-# memlaw's recommended MemFT, ``method="memft"``: MemFT-OT with a training margin. In
-# bench/memft_vs_sft.py (3 seeds, docs/benchmarks.md) it reached certified recall fastest on
-# both shared benchmarks (0.97x and 0.95x SFT's steps; soft weights with the same margin tie
-# with it on PhoneBook), where plain MemFT-OT took 1.74x and 1.15x. The published variants
-# stay available under their own names.
-RECOMMENDED_MEMFT = {"method": "memft-ot", "train_tau": 0.8}
+from memlaw.recipe import default_recipe
 
 
 @dataclass(frozen=True)
@@ -60,13 +44,13 @@ class TrainConfig:
 
     method: str = "sft"
     lr: float = 1e-2
-    steps: int = 200
+    steps: int | None = None  # None (and no epochs): the default recipe's epoch cap
     epochs: int | None = None
-    batch_size: int = 0
+    batch_size: int | None = None  # None: the default recipe's batch for the set's size
     grad_clip: float = 1.0
     weight_decay: float = 0.0
     seed: int = 0
-    tau: float = O.DEFAULT_TAU
+    tau: float = objectives.DEFAULT_TAU
     # MemFT trains a token while p < train_tau (default: tau) and certifies at tau; a margin
     # (e.g. 0.8) keeps pushing tokens that sit just above the boundary instead of letting
     # them slide back below it.
@@ -90,33 +74,21 @@ class TrainConfig:
     information_baseline: float | None = None
 
     def validate(self) -> None:
-        if self.method not in METHODS:
-            raise MemlawError(f"unknown method '{self.method}': use one of {', '.join(METHODS)}")
+        objectives.check_settings(self.method, objectives.Settings.of(self))
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise MemlawError(f"learning rate must be a positive number, got {self.lr}")
-        if self.steps <= 0 and not self.epochs:
+        if self.steps is not None and self.steps <= 0 and not self.epochs:
             raise MemlawError(f"steps must be positive, got {self.steps}")
         if self.epochs is not None and self.epochs <= 0:
             raise MemlawError(f"epochs must be positive, got {self.epochs}")
-        if self.batch_size < 0:
+        if self.batch_size is not None and self.batch_size < 0:
             raise MemlawError(
                 f"batch size must be 0 (full batch) or positive, got {self.batch_size}"
             )
-        check_memft_settings(self.tau, self.train_tau, self.fallback)
         if self.plateau_window is not None and self.plateau_window <= 0:
             raise MemlawError(f"plateau window must be positive, got {self.plateau_window}")
         if self.sft_warmup_steps < 0:
             raise MemlawError(f"SFT warm-up steps must be 0 or more, got {self.sft_warmup_steps}")
-
-
-def check_memft_settings(tau: float, train_tau: float | None, fallback: str) -> None:
-    """The checks MemFT's settings share wherever it runs (memlaw's loop, the Trainer)."""
-    if not 0.0 < tau < 1.0:
-        raise MemlawError(f"tau must be within (0, 1), got {tau}")
-    if train_tau is not None and not tau <= train_tau < 1.0:
-        raise MemlawError(f"train tau must be within [tau, 1), got {train_tau}")
-    if fallback not in ("skip", "mean"):
-        raise MemlawError(f"fallback must be skip or mean, got '{fallback}'")
 
 
 @dataclass
@@ -153,8 +125,8 @@ class TrainResult:
     trainable_params: int
     report: ProbeReport | None = None
     config: dict = field(default_factory=dict)
-    # With record_token_probabilities: per step, (rows trained, p of each supervised token of
-    # each row in target order), measured on the forward pass before the update.
+    # With record_token_probabilities: per step, (items trained, p of each supervised token of
+    # each item in target order), measured on the forward pass before the update.
     token_probabilities: list[tuple[list[int], list[list[float]]]] = field(default_factory=list)
 
     def record(self) -> dict:
@@ -179,32 +151,6 @@ class TrainResult:
         }
 
 
-def resolve_recommended(config: TrainConfig) -> TrainConfig:
-    """``memft`` is memlaw's recommended MemFT (:data:`RECOMMENDED_MEMFT`); an explicit
-    ``train_tau`` still wins over the recommended one.
-
-    >>> resolve_recommended(TrainConfig(method="memft")).train_tau
-    0.8
-    """
-    if config.method != "memft":
-        return config
-    chosen = dict(RECOMMENDED_MEMFT)
-    if config.train_tau is not None:
-        chosen["train_tau"] = config.train_tau
-    elif "train_tau" in chosen:  # the margin sits above the certification threshold
-        chosen["train_tau"] = max(chosen["train_tau"], config.tau)
-    resolved = replace(config, **chosen)
-    resolved.validate()
-    return resolved
-
-
-def resolve_method(method: str, encoded: list[EncodedItem]) -> str:
-    """``memft-sw`` means the sliding window on one sequence and the curriculum on many items."""
-    if method == "memft-sw":
-        return "memft-sw-window" if len(encoded) == 1 else "memft-sw-curriculum"
-    return method
-
-
 def train(
     model,
     tokenizer,
@@ -217,21 +163,22 @@ def train(
 ) -> TrainResult:
     """Train a LoRA adapter on ``encoded`` and return the run (the model now carries it)."""
     config.validate()
-    requested = config.method
-    config = resolve_recommended(config)
-    method = resolve_method(config.method, encoded)
-    pad = tokenizer.pad_token_id
-    threshold = O.loss_threshold(config.tau)
-    train_tau = config.train_tau or config.tau
-    train_threshold = O.loss_threshold(train_tau)
-    full_batch = config.batch_size <= 0 or config.batch_size >= len(encoded)
-    batch_size = len(encoded) if full_batch else config.batch_size
-    batches_per_epoch = math.ceil(len(encoded) / batch_size)
-    total_steps = config.epochs * batches_per_epoch if config.epochs else config.steps
-    total_epochs = math.ceil(total_steps / batches_per_epoch)
-    boundaries = config.curriculum_boundaries or tuple(
-        round(total_epochs * k / 5) for k in range(1, 5)
+    requested = objectives.OBJECTIVES[config.method]
+    objective, settings = objectives.resolve(
+        config.method, objectives.Settings.of(config), sequences=len(encoded)
     )
+    config = replace(config, method=objective.name, train_tau=settings.train_tau)
+    pad = tokenizer.pad_token_id
+    threshold = objectives.loss_threshold(config.tau)
+    recipe = default_recipe(len(encoded))
+    wanted = recipe.batch_size if config.batch_size is None else config.batch_size
+    full_batch = wanted <= 0 or wanted >= len(encoded)
+    batch_size = len(encoded) if full_batch else wanted
+    batches_per_epoch = math.ceil(len(encoded) / batch_size)
+    epochs = config.epochs or (None if config.steps else recipe.max_epochs)
+    total_steps = epochs * batches_per_epoch if epochs else config.steps
+    total_epochs = math.ceil(total_steps / batches_per_epoch)
+    boundaries = config.curriculum_boundaries or objectives.default_boundaries(total_epochs)
 
     base_loss = mean_target_loss(teacher_forced(model, encoded, pad))
     torch.manual_seed(config.seed)
@@ -244,7 +191,7 @@ def train(
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     device = next(model.parameters()).device
-    window_state = O.SlidingWindowState.initial(len(encoded), device)  # beside the losses
+    window_state = objectives.SlidingWindowState.initial(len(encoded), device)  # beside the losses
     curriculum_order = order_rng.sample(range(len(encoded)), len(encoded))
     certified_now = [False] * len(encoded)  # per item, from its latest forward pass
     last_good = _snapshot(params)
@@ -257,19 +204,19 @@ def train(
         epoch = step // batches_per_epoch
         if step % batches_per_epoch == 0:
             pool = list(range(len(encoded)))
-            if method == "memft-sw-curriculum":
-                pool = O.curriculum_items(curriculum_order, epoch, boundaries)
+            if objective.curriculum:
+                pool = objectives.curriculum_items(curriculum_order, epoch, boundaries)
             if not full_batch:
                 order_rng.shuffle(pool)
             epoch_batches = [pool[i : i + batch_size] for i in range(0, len(pool), batch_size)]
         if step % batches_per_epoch >= len(epoch_batches):
             continue  # a shorter curriculum epoch: nothing left in it
-        rows = epoch_batches[step % batches_per_epoch]
+        batch_items = epoch_batches[step % batches_per_epoch]
         tick = time.perf_counter()
 
-        losses = forward(rows)
+        losses = forward(batch_items)
         nll, mask = losses.nll, losses.mask
-        plain = O.sft_loss(nll, mask)
+        plain = objectives.sft_loss(nll, mask)
         if not torch.isfinite(plain):
             _restore(params, last_good)
             stop_reason = "non-finite loss"
@@ -279,13 +226,13 @@ def train(
         above = mask & (nll.detach() < threshold)
         item_certified = (above | ~mask).all(dim=1).tolist()
         item_exact = (~(losses.wrong & mask)).all(dim=1)
-        for row, ok in zip(rows, item_certified, strict=False):
-            certified_now[row] = ok
+        for item, ok in zip(batch_items, item_certified, strict=False):
+            certified_now[item] = ok
         if (
             config.stop_when_certified
             and all(certified_now)
             and _confirm_certified(
-                model, encoded, pad, threshold, full_batch and len(rows) == len(encoded)
+                model, encoded, pad, threshold, full_batch and len(batch_items) == len(encoded)
             )
         ):
             stop_reason = "certified"
@@ -294,47 +241,32 @@ def train(
         if config.record_token_probabilities:
             p = torch.exp(-nll.detach())
             token_probabilities.append(
-                (list(rows), [p[i][mask[i]].tolist() for i in range(len(rows))])
+                (list(batch_items), [p[i][mask[i]].tolist() for i in range(len(batch_items))])
             )
 
-        warming_up = step < config.sft_warmup_steps
-        if method == "sft" or warming_up:
-            objective = plain
-        elif method == "memft-soft":
-            objective = O.memft_soft_loss(nll, mask, tau=train_tau)
-        elif method == "memft-ot" or method == "memft-sw-curriculum":
-            objective = O.memft_ot_loss(
-                nll,
-                mask,
-                tau=train_tau,
-                fallback=config.fallback,
-                position_decay=config.position_decay,
-            )
-        else:  # memft-sw-window
-            row_index = torch.tensor(rows, device=device)
-            objective, part = O.memft_sw_loss(
-                nll, mask, losses.wrong, window_state.select(row_index), tau=train_tau
-            )
-            window_state = window_state.update(row_index, part)
-        active = int((mask & (nll.detach() > train_threshold)).sum())
-        skipped = (
-            method in ("memft-ot", "memft-sw-curriculum")
-            and not warming_up
-            and active == 0
-            and config.fallback == "skip"
+        current = objectives.OBJECTIVES["sft"] if step < config.sft_warmup_steps else objective
+        window = None
+        if current.window:
+            item_index = torch.tensor(batch_items, device=device)
+            window = window_state.select(item_index)
+        taken = objectives.objective_step(
+            current, settings, nll, mask, wrong=losses.wrong, state=window
         )
+        if current.window:
+            window_state = window_state.update(item_index, taken.state)
+        skipped = taken.skipped
 
         grad_norm = None
         if not skipped:
             optimizer.zero_grad(set_to_none=True)
-            objective.backward()
+            taken.loss.backward()
             grad_norm = float(torch.nn.utils.clip_grad_norm_(params, config.grad_clip))
             optimizer.step()
         entry = StepLog(
             step=step + 1,
             loss=float(plain.detach()),
-            objective=float(objective.detach()),
-            active_tokens=active,
+            objective=float(taken.loss.detach()),
+            active_tokens=taken.active,
             above_share=float(above.sum()) / max(int(mask.sum()), 1),
             certified_items=sum(item_certified),
             exact_items=int(item_exact.sum()),
@@ -372,8 +304,10 @@ def train(
         trainable_params=trainable_parameters(model),
         config={
             **asdict(config),
-            "method": method,
-            "requested_method": requested,
+            "batch_size": batch_size,  # as resolved from the recipe when not given
+            "total_steps": total_steps,
+            "requested_method": requested.name,
+            "objective": requested.description,
             "lora": asdict(lora) | {"layers": list(layers)},
             "forward": forward_note,
             "length": target_length(encoded),
