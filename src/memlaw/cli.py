@@ -53,6 +53,12 @@ DataSeedOption = typer.Option(0, "--data-seed", help="Seed of the generator.")
 ChatOption = typer.Option(
     False, "--chat-template", help="Wrap each prompt in the tokenizer's chat template."
 )
+SeparatorOption = typer.Option(
+    "",
+    "--separator",
+    help="Text ending every prompt (e.g. ' '). Prompt and target are joined as token ids with "
+    "nothing between them: 'Name:' + '555' is learned as 'Name:555'. Probe with the same value.",
+)
 DtypeOption = typer.Option("float32", "--dtype", help="float32, bfloat16 or float16.")
 DeviceOption = typer.Option("cpu", "--device", help="cpu or cuda.")
 RemoteCodeOption = typer.Option(
@@ -113,7 +119,9 @@ def check_memory_set_options(data_path, generate, length, data_seed) -> None:
     check_integer(data_seed, "--data-seed", low=0)
 
 
-def memory_set(model, tokenizer, data_path, generate, length, data_seed, chat_template):
+def memory_set(
+    model, tokenizer, data_path, generate, length, data_seed, chat_template, separator=""
+):
     from memlaw.data import encode_items, load_items
     from memlaw.models import context_length
 
@@ -125,6 +133,7 @@ def memory_set(model, tokenizer, data_path, generate, length, data_seed, chat_te
         chat_template=chat_template,
         length=length,
         max_context=context_length(model),
+        separator=separator,
     )
 
 
@@ -162,6 +171,7 @@ def adapted_model_and_data(
     dtype,
     device,
     trust_remote_code,
+    separator="",
 ):
     """The model (with its adapter, if any), tokenizer and encoded memory set that probe and
     audit look at; bad options and a broken adapter fail before anything loads."""
@@ -173,7 +183,9 @@ def adapted_model_and_data(
     if adapter is not None:
         check_adapter_files(adapter)
     base, tokenizer = load(model, dtype, device, trust_remote_code)
-    encoded = memory_set(base, tokenizer, data, generate, length, data_seed, chat_template)
+    encoded = memory_set(
+        base, tokenizer, data, generate, length, data_seed, chat_template, separator
+    )
     target = load_adapter(base, adapter, model_name=model) if adapter else base
     return target, tokenizer, encoded
 
@@ -193,6 +205,7 @@ def audit_command(
     length: int = LengthOption,
     data_seed: int = DataSeedOption,
     chat_template: bool = ChatOption,
+    separator: str = SeparatorOption,
     tau: float = TauOption,
     as_json: bool = typer.Option(False, "--json", help="Print the audit as JSON."),
     law_path: Path = typer.Option(
@@ -234,6 +247,7 @@ def audit_command(
         dtype,
         device,
         trust_remote_code,
+        separator,
     )
     with console.status("auditing…"):
         report = audit(target, tokenizer, encoded, tau=tau, law=law, n_eff=n_eff)
@@ -319,6 +333,7 @@ def train_command(
     length: int = LengthOption,
     data_seed: int = DataSeedOption,
     chat_template: bool = ChatOption,
+    separator: str = SeparatorOption,
     method: str = typer.Option(
         "memft",
         "--method",
@@ -390,6 +405,10 @@ def train_command(
 ) -> None:
     """Memorize a memory set into a LoRA adapter (PEFT, safetensors) with SFT or MemFT.
 
+    Prompt and target are tokenized apart and joined as token ids with nothing between them:
+    'Name:' + '9100672710' is learned as 'Name:9100672710'. Give --separator ' ' (or a
+    newline) when your prompts will put one there, and probe with the same value.
+
     Example: memlaw train --generate phonebook:16 --method memft-ot --rank 1 --out run1
     """
     from memlaw.adapters import LoraSpec, check_lora_fits
@@ -428,11 +447,16 @@ def train_command(
     _check_not_an_input(out, "--out", {"--data": data})
     remove_stale_staging(out)  # what a killed run on this output left behind
     base, tokenizer = load(model, dtype, device, trust_remote_code)
-    encoded = memory_set(base, tokenizer, data, generate, length, data_seed, chat_template)
+    encoded = memory_set(
+        base, tokenizer, data, generate, length, data_seed, chat_template, separator
+    )
     check_lora_fits(base, lora)  # layers, modules and memory, before any allocation
     result = run_training(base, tokenizer, encoded, lora, config, f"{config.method} r={rank}")
     save_run(
-        result, out, overwrite=overwrite, extra={"model": model, "data": str(data or generate)}
+        result,
+        out,
+        overwrite=overwrite,
+        extra={"model": model, "data": str(data or generate), "separator": separator},
     )
     record = result.record()
     if as_json:
@@ -525,6 +549,7 @@ def probe_command(
     length: int = LengthOption,
     data_seed: int = DataSeedOption,
     chat_template: bool = ChatOption,
+    separator: str = SeparatorOption,
     tau: float = TauOption,
     greedy: bool = typer.Option(
         True, "--greedy/--no-greedy", help="Also decode each item greedily."
@@ -555,6 +580,7 @@ def probe_command(
         dtype,
         device,
         trust_remote_code,
+        separator,
     )
     with console.status("probing…"):
         report = probe(target, tokenizer, encoded, tau=tau, generate=greedy)

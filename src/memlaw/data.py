@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -247,8 +249,15 @@ def encode_items(
     chat_template: bool = False,
     length: int | None = None,
     max_context: int | None = None,
+    separator: str = "",
 ) -> list[EncodedItem]:
     """Tokenize items: prompt and target separately, so the supervised span is exact.
+
+    Prompt and target are joined as token ids, with nothing between them: a target
+    ``"9100672710"`` after ``"Name:"`` is learned as ``"Name:9100672710"``. ``separator``
+    (e.g. ``" "`` or ``"\\n"``) ends every prompt, for downstream prompts that put it there;
+    it is context, never supervised. Recall works with the convention the items were
+    trained with.
 
     ``chat_template`` wraps each prompt as a user turn of the tokenizer's chat template.
     ``length`` keeps the first ``length`` target tokens of the set (items in order, the last one
@@ -267,9 +276,9 @@ def encode_items(
                 add_generation_prompt=True,
                 tokenize=False,
             )
-            prompt_ids = tokenizer(prompt_text, add_special_tokens=False).input_ids
+            prompt_ids = tokenizer(prompt_text + separator, add_special_tokens=False).input_ids
         else:
-            prompt_ids = tokenizer(item.prompt).input_ids
+            prompt_ids = tokenizer(item.prompt + separator).input_ids
         if not prompt_ids:  # the first target token needs a context to be predicted from
             start = (
                 tokenizer.bos_token_id
@@ -316,19 +325,48 @@ def target_length(encoded: list[EncodedItem]) -> int:
     return sum(len(item.target_ids) for item in encoded)
 
 
-def collate(encoded: list[EncodedItem], pad_token_id: int) -> dict[str, torch.Tensor]:
-    """Right-padded batch with answer-only labels (``IGNORE_INDEX`` on prompt and padding).
+def ids_and_labels(entry: EncodedItem | Mapping[str, Any]) -> tuple[list[int], list[int]]:
+    """The token ids and labels of one batch row: an encoded item gets answer-only labels
+    (``IGNORE_INDEX`` on the prompt); a row with ``input_ids`` and ``labels`` (a Trainer's
+    features, a tokenized dataset) keeps its own.
+
+    >>> ids_and_labels(EncodedItem((5, 6), (7,)))
+    ([5, 6, 7], [-100, -100, 7])
+    """
+    if isinstance(entry, EncodedItem):
+        return list(entry.input_ids), [IGNORE_INDEX] * len(entry.prompt_ids) + list(
+            entry.target_ids
+        )
+    ids, labels = _as_ids(entry["input_ids"]), _as_ids(entry["labels"])
+    if len(ids) != len(labels):
+        raise MemlawError(f"input_ids and labels differ in length ({len(ids)} vs {len(labels)})")
+    return ids, labels
+
+
+def _as_ids(values) -> list[int]:
+    return values.tolist() if isinstance(values, torch.Tensor) else [int(v) for v in values]
+
+
+def collate(
+    batch: Sequence[EncodedItem] | Sequence[Mapping[str, Any]], pad_token_id: int
+) -> dict[str, torch.Tensor]:
+    """Right-padded batch of encoded items or rows (see :func:`ids_and_labels`), with
+    ``IGNORE_INDEX`` labels on padding.
 
     ``labels`` follow the Hugging Face convention: ``labels[t]`` is the token at ``t``, predicted
     from the logits at ``t - 1``.
+
+    >>> batch = collate([EncodedItem((5, 6), (7,)), {"input_ids": [5, 8], "labels": [-100, 8]}], 0)
+    >>> batch["labels"].tolist(), batch["attention_mask"].tolist()
+    ([[-100, -100, 7], [-100, 8, -100]], [[1, 1, 1], [1, 1, 0]])
     """
-    width = max(len(item.input_ids) for item in encoded)
-    input_ids = torch.full((len(encoded), width), pad_token_id, dtype=torch.long)
-    labels = torch.full((len(encoded), width), IGNORE_INDEX, dtype=torch.long)
-    attention_mask = torch.zeros((len(encoded), width), dtype=torch.long)
-    for row, item in enumerate(encoded):
-        ids = torch.tensor(item.input_ids, dtype=torch.long)
-        input_ids[row, : len(ids)] = ids
+    rows = [ids_and_labels(entry) for entry in batch]
+    width = max(len(ids) for ids, _ in rows)
+    input_ids = torch.full((len(rows), width), pad_token_id, dtype=torch.long)
+    labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
+    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for row, (ids, target) in enumerate(rows):
+        input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
         attention_mask[row, : len(ids)] = 1
-        labels[row, len(item.prompt_ids) : len(ids)] = ids[len(item.prompt_ids) :]
+        labels[row, : len(ids)] = torch.tensor(target, dtype=torch.long)
     return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
