@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.memlaw-installed
 
-.PHONY: install demo test lint bench reference-law clean
+.PHONY: install demo test lint bench phonebook-law vproj-law clean
 
 # The pinned CPU build of torch goes in first, so that the range in pyproject.toml
 # is already satisfied and pip never pulls a multi-GB CUDA build.
@@ -36,15 +36,27 @@ bench: install
 	$(BIN)/python bench/cache_memory.py
 	$(BIN)/python bench/memft_vs_sft.py
 
-# The reference law for the default model (about 1 h 40 min on two cores; see laws/README.md).
-REFERENCE_GRID := --model smollm2-135m --data random --modules v_proj --ranks 1,2,4,8,16 \
-	--lengths 128,192,256,384 --seeds 0,1 --lr 0.02 --max-steps 150 --plateau-window 25 \
+# The default law of smollm2-135m: PhoneBook on the MLP of layer 20, SFT, memlaw train's recipe,
+# every point trained to certified recall or plateau (hours on two cores; resumable: rerun to
+# continue, see laws/README.md).
+PHONEBOOK_GRID := --model smollm2-135m --data phonebook --modules mlp --ranks 1,2,4,8 \
+	--lengths 250,500,1000,2000,4000 --seeds 0 --lr 0.01 --max-epochs 400 --plateau-window 20 \
 	--plateau-tolerance 0.01 --workers 2
-reference-law: install
-	$(BIN)/memlaw sweep $(REFERENCE_GRID) --db laws/smollm2-135m.db
-	$(BIN)/memlaw fit --db laws/smollm2-135m.db --include-capped --out src/memlaw/laws/smollm2-135m.json
-	cp src/memlaw/laws/smollm2-135m.json src/memlaw/laws/smollm2-135m.fit.json laws/
-	$(BIN)/memlaw report --db laws/smollm2-135m.db --law laws/smollm2-135m.json \
+phonebook-law: install
+	$(BIN)/memlaw sweep $(PHONEBOOK_GRID) --db laws/smollm2-135m-phonebook.db
+	$(BIN)/memlaw fit --db laws/smollm2-135m-phonebook.db --out src/memlaw/laws/smollm2-135m.json
+	$(BIN)/memlaw report --db laws/smollm2-135m-phonebook.db --law src/memlaw/laws/smollm2-135m.json \
+		--out laws/smollm2-135m-phonebook-report.html
+
+# The secondary law: random tokens on v_proj of layer 20, a 150-step budget (about 1 h 40 min).
+VPROJ_GRID := --model smollm2-135m --data random --modules v_proj --ranks 1,2,4,8,16 \
+	--lengths 128,192,256,384 --seeds 0,1 --lr 0.02 --max-steps 150 --plateau-window 25 \
+	--plateau-tolerance 0.01 --batch-size 0 --train-past-certified --plateau-on delta_loss --workers 2
+vproj-law: install
+	$(BIN)/memlaw sweep $(VPROJ_GRID) --db laws/smollm2-135m.db
+	$(BIN)/memlaw fit --db laws/smollm2-135m.db --include-capped \
+		--out src/memlaw/laws/smollm2-135m-vproj-random.json
+	$(BIN)/memlaw report --db laws/smollm2-135m.db --law src/memlaw/laws/smollm2-135m-vproj-random.json \
 		--out laws/smollm2-135m-report.html
 
 clean:

@@ -964,7 +964,8 @@ def _sweep_into(db: Path, spec, runner):
     store = None
     try:
         store = SweepStore(db, spec)
-        return store, run_sweep(spec, store, runner)
+        # Off a terminal the bar would print its last state (and a blank line) on stop.
+        return store, run_sweep(spec, store, runner, progress=err_console.is_terminal)
     except BaseException:
         if created and (store is None or not store.finished_keys()):
             if store is not None:
@@ -1069,9 +1070,9 @@ def plan_command(
     rank: int = typer.Option(None, "--rank", "-r", help="A rank to ask about: how much it holds."),
     layers: int = typer.Option(1, "--layers", help="Number of adapted layers."),
     modules: str = typer.Option(
-        None,
+        "mlp",
         "--modules",
-        help="The modules you adapt (mlp, v_proj, …): checked against the law's.",
+        help="The modules you adapt (default: memlaw train's, mlp): checked against the law's.",
     ),
     base_loss: float = typer.Option(
         None,

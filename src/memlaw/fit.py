@@ -188,6 +188,17 @@ def recall_law(
         )
     x = np.log([[float(p.n_eff), float(p.length)] for p in usable])
     y = np.clip([float(p.certified_share) for p in usable], 0.0, 1.0)
+    # A boundary needs both sides of it on the grid.
+    if y.max() < 0.5:
+        raise MemlawError(
+            "no recall boundary on this grid: no point certified its set; measure larger ranks "
+            "or shorter sets"
+        )
+    if y.min() >= 0.5:
+        raise MemlawError(
+            "no recall boundary on this grid: every point certified its set; measure longer "
+            "sets or smaller ranks"
+        )
     theta = _logistic_fit(x, y)
     rng = np.random.default_rng(seed)
     draws = []
@@ -260,7 +271,7 @@ def certifying_n_eff(
 def certified_length(recall: Mapping[str, Any], n_eff: float) -> float:
     """ℓ*(N) = (N / A)^(1/k): the most target tokens N_eff certifies.
 
-    >>> certified_length({"boundary": {"A": 0.01, "k": 1.0}}, 4)
+    >>> round(certified_length({"boundary": {"A": 0.01, "k": 1.0}}, 4), 6)
     400.0
     """
     boundary = recall["boundary"]
