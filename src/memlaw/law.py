@@ -674,28 +674,15 @@ class MemoryLaw:
         >>> MemoryLaw.from_dict(record).alpha_
         0.3
         """
-        fix = f"write it with MemoryLaw.save (format {LAW_FORMAT})"
-
-        def malformed(problem: str) -> MemlawError:
-            return MemlawError(f"malformed law JSON: {problem}; {fix}")
-
-        def number(value: Any, where: str) -> float:
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise malformed(f"{where} must be a number, got {value!r}")
-            if not math.isfinite(value):
-                raise malformed(f"{where} must be finite, got {value!r}")
-            return float(value)
-
+        read = _LawReader()
         if not isinstance(payload, Mapping):
-            raise malformed(f"expected an object, got {type(payload).__name__}")
+            raise read.malformed(f"expected an object, got {type(payload).__name__}")
         if payload.get("format") != LAW_FORMAT:
-            raise malformed(f"format is {payload.get('format')!r}, expected {LAW_FORMAT!r}")
+            raise read.malformed(f"format is {payload.get('format')!r}, expected {LAW_FORMAT!r}")
         form = payload.get("form")
         if form not in FORMS:
-            raise malformed(f"form is {form!r}, expected one of {', '.join(FORMS)}")
-        settings = payload.get("settings", {})
-        if not isinstance(settings, Mapping):
-            raise malformed("settings must be an object")
+            raise read.malformed(f"form is {form!r}, expected one of {', '.join(FORMS)}")
+        settings = read.mapping(payload, "settings")
         try:
             law = cls(
                 form,
@@ -704,58 +691,10 @@ class MemoryLaw:
                 confidence=settings.get("confidence", 0.95),
             )
         except MemlawError as error:
-            raise malformed(f"bad settings ({error})") from None
-        params = payload.get("params")
-        if not isinstance(params, Mapping):
-            raise malformed("params must be an object with C, alpha, beta, b")
-        missing = [name for name in PARAMS if name not in params]
-        if missing:
-            raise malformed(f"params lack {', '.join(missing)}")
-        values = {name: number(params[name], f"params.{name}") for name in PARAMS}
-        if values["C"] <= 0 or values["alpha"] <= 0 or values["beta"] <= 0 or values["b"] < 0:
-            raise malformed(f"params need C, alpha, beta > 0 and b ≥ 0, got {values}")
-        if form in ("no-offset", "saturating") and values["b"] != 0:
-            raise malformed(f"form {form!r} needs b = 0, got {values['b']}")
-        law.C_, law.alpha_, law.beta_, law.b_ = (values[name] for name in PARAMS)
-        if form == "saturating":
-            reference = payload.get("reference_set")
-            if not isinstance(reference, Mapping):
-                raise malformed("form 'saturating' needs reference_set with base_loss, ceiling")
-            law.base_loss_ = number(reference.get("base_loss"), "reference_set.base_loss")
-            law.ceiling_ = number(reference.get("ceiling"), "reference_set.ceiling")
-
-        intervals = payload.get("intervals", {})
-        if not isinstance(intervals, Mapping):
-            raise malformed("intervals must be an object of name → [low, high]")
-        law.intervals_ = {}
-        for name, pair in intervals.items():
-            if name not in PARAMS or not isinstance(pair, (list, tuple)) or len(pair) != 2:
-                raise malformed(
-                    f"intervals.{name} must be [low, high] for one of C, alpha, beta, b"
-                )
-            law.intervals_[name] = (
-                number(pair[0], f"intervals.{name}[0]"),
-                number(pair[1], f"intervals.{name}[1]"),
-            )
-        for key, attribute in (("r2", "r2_"), ("r2_log", "r2_log_"), ("rss_log", "rss_log_")):
-            value = payload.get(key)
-            setattr(law, attribute, None if value is None else number(value, key))
-        n_points = payload.get("n_points")
-        law.n_points_ = None if n_points is None else int(number(n_points, "n_points"))
-        law.dropped_ = int(number(payload.get("dropped", 0), "dropped"))
-        ok = payload.get("bootstrap_ok")  # absent from laws saved before it was recorded
-        law.n_bootstrap_ok_ = None if ok is None else int(number(ok, "bootstrap_ok"))
-        metadata = payload.get("metadata", {})
-        if not isinstance(metadata, Mapping):
-            raise malformed("metadata must be an object")
-        law.metadata_ = dict(metadata)
-        points = payload.get("points", [])
-        if not isinstance(points, list) or not all(isinstance(p, Mapping) for p in points):
-            raise malformed("points must be a list of objects")
-        try:
-            law.points_ = [LawPoint.from_dict(p) for p in points]
-        except (MemlawError, TypeError) as error:
-            raise malformed(f"bad point ({error})") from None
+            raise read.malformed(f"bad settings ({error})") from None
+        read.params(law, payload)
+        read.intervals(law, payload)
+        read.fit_record(law, payload)
         return law
 
     # --- what the law was measured on --------------------------------------------------------
@@ -870,6 +809,83 @@ class MemoryLaw:
             return cls.from_dict(payload)
         except MemlawError as error:
             raise MemlawError(f"{path}: {error}") from None
+
+
+class _LawReader:
+    """Reads a law record field by field; every problem is one ``malformed law JSON`` line."""
+
+    def malformed(self, problem: str) -> MemlawError:
+        return MemlawError(
+            f"malformed law JSON: {problem}; write it with MemoryLaw.save (format {LAW_FORMAT})"
+        )
+
+    def number(self, value: Any, where: str) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise self.malformed(f"{where} must be a number, got {value!r}")
+        if not math.isfinite(value):
+            raise self.malformed(f"{where} must be finite, got {value!r}")
+        return float(value)
+
+    def mapping(self, payload: Mapping[str, Any], key: str) -> Mapping[str, Any]:
+        value = payload.get(key, {})
+        if not isinstance(value, Mapping):
+            raise self.malformed(f"{key} must be an object")
+        return value
+
+    def params(self, law: MemoryLaw, payload: Mapping[str, Any]) -> None:
+        params = payload.get("params")
+        if not isinstance(params, Mapping):
+            raise self.malformed("params must be an object with C, alpha, beta, b")
+        missing = [name for name in PARAMS if name not in params]
+        if missing:
+            raise self.malformed(f"params lack {', '.join(missing)}")
+        values = {name: self.number(params[name], f"params.{name}") for name in PARAMS}
+        if values["C"] <= 0 or values["alpha"] <= 0 or values["beta"] <= 0 or values["b"] < 0:
+            raise self.malformed(f"params need C, alpha, beta > 0 and b ≥ 0, got {values}")
+        if law.form in ("no-offset", "saturating") and values["b"] != 0:
+            raise self.malformed(f"form {law.form!r} needs b = 0, got {values['b']}")
+        law.C_, law.alpha_, law.beta_, law.b_ = (values[name] for name in PARAMS)
+        if law.form == "saturating":
+            reference = payload.get("reference_set")
+            if not isinstance(reference, Mapping):
+                raise self.malformed(
+                    "form 'saturating' needs reference_set with base_loss, ceiling"
+                )
+            law.base_loss_ = self.number(reference.get("base_loss"), "reference_set.base_loss")
+            law.ceiling_ = self.number(reference.get("ceiling"), "reference_set.ceiling")
+
+    def intervals(self, law: MemoryLaw, payload: Mapping[str, Any]) -> None:
+        if not isinstance(payload.get("intervals", {}), Mapping):
+            raise self.malformed("intervals must be an object of name → [low, high]")
+        law.intervals_ = {}
+        for name, pair in payload.get("intervals", {}).items():
+            if name not in PARAMS or not isinstance(pair, (list, tuple)) or len(pair) != 2:
+                raise self.malformed(
+                    f"intervals.{name} must be [low, high] for one of C, alpha, beta, b"
+                )
+            law.intervals_[name] = (
+                self.number(pair[0], f"intervals.{name}[0]"),
+                self.number(pair[1], f"intervals.{name}[1]"),
+            )
+
+    def fit_record(self, law: MemoryLaw, payload: Mapping[str, Any]) -> None:
+        """R², counts, metadata and the fitted points."""
+        for key, attribute in (("r2", "r2_"), ("r2_log", "r2_log_"), ("rss_log", "rss_log_")):
+            value = payload.get(key)
+            setattr(law, attribute, None if value is None else self.number(value, key))
+        n_points = payload.get("n_points")
+        law.n_points_ = None if n_points is None else int(self.number(n_points, "n_points"))
+        law.dropped_ = int(self.number(payload.get("dropped", 0), "dropped"))
+        ok = payload.get("bootstrap_ok")  # absent from laws saved before it was recorded
+        law.n_bootstrap_ok_ = None if ok is None else int(self.number(ok, "bootstrap_ok"))
+        law.metadata_ = dict(self.mapping(payload, "metadata"))
+        points = payload.get("points", [])
+        if not isinstance(points, list) or not all(isinstance(p, Mapping) for p in points):
+            raise self.malformed("points must be a list of objects")
+        try:
+            law.points_ = [LawPoint.from_dict(p) for p in points]
+        except (MemlawError, TypeError) as error:
+            raise self.malformed(f"bad point ({error})") from None
 
 
 # --- checks around the law ------------------------------------------------------------------
