@@ -52,18 +52,26 @@ class InformationBaseline:
 
     def ceiling(self, base_loss: float) -> float:
         """min(L0, H): the most ΔL that can be memory, per token."""
-        return base_loss if self.nats_per_token is None else min(base_loss, self.nats_per_token)
+        return ceiling(base_loss, self.nats_per_token)
 
     def to_dict(self) -> dict:
         return {"kind": self.kind, "nats_per_token": self.nats_per_token, "how": self.how}
+
+
+def ceiling(base_loss: float, baseline: float | None) -> float:
+    """min(L0, H) per token, the most of ΔL that can be memory; ``baseline`` None means H = L0.
+
+    >>> ceiling(13.1, 10.8), ceiling(3.0, None)
+    (10.8, 3.0)
+    """
+    return float(base_loss) if baseline is None else min(float(base_loss), float(baseline))
 
 
 def memorized_nats(
     length: float, base_loss: float, final_loss: float, baseline: float | None
 ) -> float:
     """ℓ · max(0, min(L0, H) − L1); ``baseline`` None means H = L0."""
-    ceiling = base_loss if baseline is None else min(base_loss, baseline)
-    return float(length) * max(0.0, ceiling - final_loss)
+    return float(length) * max(0.0, ceiling(base_loss, baseline) - final_loss)
 
 
 def memorized_bits(

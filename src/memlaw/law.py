@@ -86,11 +86,9 @@ class LawPoint:
     @property
     def ceiling(self) -> float | None:
         """min(L0, H): the most of ΔL that can be memory (None without L0)."""
-        if self.base_loss is None:
-            return None
-        if self.info_baseline is None:
-            return float(self.base_loss)
-        return min(float(self.base_loss), float(self.info_baseline))
+        from memlaw.information import ceiling
+
+        return None if self.base_loss is None else ceiling(self.base_loss, self.info_baseline)
 
     @classmethod
     def from_dict(cls, record: Mapping[str, Any]) -> LawPoint:

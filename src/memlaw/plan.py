@@ -20,8 +20,8 @@ into a note). A law without recall data plans no certifying rank.
 >>> law = MemoryLaw("saturating", n_bootstrap=0).fit(points, metadata={"data_kind": "facts"})
 >>> law.metadata_["recall"] = recall_law(points, n_bootstrap=0)
 >>> result = plan(law, MemorySet(length=1000, base_loss=3.4, info_baseline=2.3, kind="facts"))
->>> result.certifying_rank
-4
+>>> result.certifying_rank, result.certifying_rank_range  # no bootstrap: no interval width
+(3, (3, 3))
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ from memlaw.fit import (
     predicted_certified_share,
     recall_law,  # noqa: F401 (the doctest's)
 )
+from memlaw.information import ceiling
 from memlaw.law import MemoryLaw, saturating_delta  # noqa: F401 (the doctest's)
 
 DEFAULT_RANKS = tuple(2**i for i in range(7))  # 1, 2, 4, …, 64
@@ -56,14 +57,8 @@ class MemorySet:
 
     @property
     def ceiling(self) -> float | None:
-        """min(L0, H) per token: the most ΔL that can be memory."""
-        if self.base_loss is None:
-            return None
-        return (
-            self.base_loss
-            if self.info_baseline is None
-            else min(self.base_loss, self.info_baseline)
-        )
+        """min(L0, H) per token: the most ΔL that can be memory (None without L0)."""
+        return None if self.base_loss is None else ceiling(self.base_loss, self.info_baseline)
 
 
 @dataclass
