@@ -19,16 +19,19 @@ def test_budget_shares_match_the_token_probabilities():
     run = train(
         model, tokenizer, encoded, LoraSpec(rank=8), TrainConfig(steps=15), final_probe=False
     )
-    tokens, above, loss, loss_above, gradient, gradient_above = token_budget(
-        run.model, encoded, tokenizer.pad_token_id
-    )
+    budget = token_budget(run.model, encoded, tokenizer.pad_token_id)
     nll = [x for s in teacher_forced(run.model, encoded, tokenizer.pad_token_id) for x in s.nll]
-    assert tokens == len(nll) == 40
-    assert above == sum(x < math.log(2) for x in nll)
-    assert loss == pytest.approx(sum(nll), rel=1e-5)
-    assert loss_above == pytest.approx(sum(x for x in nll if x < math.log(2)), rel=1e-5, abs=1e-6)
+    assert budget.tokens == len(nll) == 40
+    assert budget.above == sum(x < math.log(2) for x in nll)
+    assert budget.loss == pytest.approx(sum(nll), rel=1e-5)
+    above_boundary = sum(x for x in nll if x < math.log(2))
+    assert budget.loss_above == pytest.approx(above_boundary, rel=1e-5, abs=1e-6)
     # a token's logit-gradient norm is at least 1 - p and at most sqrt(2)(1 - p)
-    for value, total in ((gradient_above, above), (gradient - gradient_above, tokens - above)):
+    rest = budget.gradient - budget.gradient_above
+    for value, total in (
+        (budget.gradient_above, budget.above),
+        (rest, budget.tokens - budget.above),
+    ):
         assert 0 <= value <= math.sqrt(2) * total
 
 
@@ -45,9 +48,10 @@ def test_one_token_gradient_norm_by_hand():
             logits = torch.tensor([[[0.0, math.log(3)], [0.0, 0.0]]])
             return type("Out", (), {"logits": logits})
 
-    result = token_budget(Fixed(), [EncodedItem((0,), (1,))], pad_token_id=0)
-    assert result[:2] == (1, 1)
-    assert result[4] == pytest.approx(math.sqrt(2) / 4)
+    budget = token_budget(Fixed(), [EncodedItem((0,), (1,))], pad_token_id=0)
+    assert (budget.tokens, budget.above) == (1, 1)
+    assert budget.gradient == pytest.approx(math.sqrt(2) / 4)
+    assert budget == tuple(budget)  # still unpacks as the six numbers, in this order
 
 
 def test_sft_wastes_budget_once_tokens_are_memorized(tmp_path, capsys, monkeypatch):

@@ -13,7 +13,6 @@ import pytest
 import torch
 from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
 
-from memlaw import objectives as O
 from memlaw.adapters import LoraSpec, attach_lora
 from memlaw.data import encode_items, generate_phonebook, generate_random_tokens
 from memlaw.errors import MemlawError
@@ -30,6 +29,7 @@ from memlaw.integrations import (
     with_memft,
 )
 from memlaw.models import load_model
+from memlaw.objectives import METHODS, memft_ot_all_loss, memft_ot_loss, token_nll
 from memlaw.probe import probe
 from memlaw.train import TrainConfig, train
 
@@ -98,6 +98,20 @@ def lora_model():
     return attach_lora(model, SPEC, seed=0), tokenizer
 
 
+def memory_trainer(tmp_path, rows, steps, batch, trainer_class=MemFTTrainer, seed=42, **kwargs):
+    """``trainer_class`` on a fresh LoRA model and ``rows`` with memlaw's loop settings, quiet."""
+    model, tokenizer = lora_model()
+    trainer = trainer_class(
+        model=model,
+        args=arguments(tmp_path, steps, batch, seed=seed),
+        train_dataset=rows,
+        data_collator=MemoryCollator(tokenizer.pad_token_id),
+        **kwargs,
+    )
+    trainer.remove_callback(PrinterCallback)
+    return trainer
+
+
 def step_logs(trainer):
     return [e for e in trainer.state.log_history if "loss" in e]
 
@@ -106,9 +120,9 @@ def trainable(model):
     return [p for p in model.parameters() if p.requires_grad]
 
 
-def assert_same_weights(a, b):
+def assert_same_weights(a, b, atol=1e-6):
     for p, q in zip(trainable(a), trainable(b), strict=True):
-        torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(p, q, rtol=1e-4, atol=atol)
 
 
 class ParamTrace(TrainerCallback):
@@ -139,17 +153,15 @@ def assert_skips_make_no_update(trainer, trace, reference_log):
 
 def test_memft_trainer_matches_memlaw_loop_including_skipped_steps(tmp_path, ot_reference):
     run, items = ot_reference
-    model, tokenizer = lora_model()
     trace = ParamTrace()
-    trainer = MemFTTrainer(
-        model=model,
-        args=arguments(tmp_path, OT_STEPS, len(items)),
-        train_dataset=memory_dataset(items),
-        data_collator=MemoryCollator(tokenizer.pad_token_id),
+    trainer = memory_trainer(
+        tmp_path,
+        memory_dataset(items),
+        OT_STEPS,
+        len(items),
         callbacks=[trace],
         memft=MemFTConfig(method="memft-ot"),
     )
-    trainer.remove_callback(PrinterCallback)
     trainer.train()
 
     logs = step_logs(trainer)
@@ -179,15 +191,10 @@ def test_memft_trainer_matches_memlaw_loop_including_skipped_steps(tmp_path, ot_
 
 def test_sliding_window_matches_memlaw_loop(tmp_path, sw_reference):
     run, items = sw_reference
-    model, tokenizer = lora_model()
-    trainer = MemFTTrainer(
-        model=model,
-        args=arguments(tmp_path, SW_STEPS, 1),
-        train_dataset=memory_dataset(items),
-        data_collator=MemoryCollator(tokenizer.pad_token_id),
-        memft=MemFTConfig(method="memft-sw-window"),
+    rows = memory_dataset(items)
+    trainer = memory_trainer(
+        tmp_path, rows, SW_STEPS, 1, memft=MemFTConfig(method="memft-sw-window")
     )
-    trainer.remove_callback(PrinterCallback)
     trainer.train()
 
     logs = step_logs(trainer)
@@ -200,38 +207,98 @@ def test_sliding_window_matches_memlaw_loop(tmp_path, sw_reference):
 
 
 def test_sliding_window_needs_the_item_index(tmp_path):
-    model, tokenizer = lora_model()
     rows = [
         {k: v for k, v in row.items() if k != INDEX_COLUMN}
-        for row in memory_dataset(long_sequence(tokenizer))
+        for row in memory_dataset(long_sequence(load_model("tiny")[1]))
     ]
-    trainer = MemFTTrainer(
+    for method in ("memft-sw-window", "memft-sw-curriculum"):
+        trainer = memory_trainer(tmp_path, rows, 1, 1, memft=MemFTConfig(method=method))
+        with pytest.raises(MemlawError, match=INDEX_COLUMN):
+            trainer.train()
+
+
+# --- (b') MemFT-SW curriculum: the epoch comes from the Trainer's state ------------------------
+
+
+def test_curriculum_matches_memlaw_loop(tmp_path):
+    steps, model, tokenizer = 10, *load_model("tiny")
+    items = encode_items(generate_phonebook(5, seed=1), tokenizer)
+    config = TrainConfig(
+        method="memft-sw", steps=steps, lr=LR, fast_path=False, stop_when_certified=False
+    )
+    run = train(model, tokenizer, items, SPEC, config, final_probe=False)
+    assert run.config["method"] == "memft-sw-curriculum"
+    rows = memory_dataset(items)
+    # the seed orders the items; memft-sw on several items is the curriculum
+    trainer = memory_trainer(tmp_path, rows, steps, 5, seed=0, memft=MemFTConfig(method="memft-sw"))
+    assert trainer.memft.method == "memft-sw-curriculum"
+    trainer.train()
+
+    logs = step_logs(trainer)
+    assert [e.tokens for e in run.log[:3]] == [10, 10, 20]  # 1 item, then 2 from epoch 2
+    for entry, log in zip(run.log, logs, strict=True):
+        assert log["loss"] == pytest.approx(entry.objective, rel=REL, abs=1e-7)
+        assert log["memft/sft_loss"] == pytest.approx(entry.loss, rel=REL)
+        assert log["memft/active_tokens"] == entry.active_tokens
+        assert log["memft/skipped"] == float(entry.skipped)
+    # the Trainer's batch holds every item (those outside the prefix masked out), memlaw's only
+    # the prefix: other shapes, so float rounding differs in the last digits
+    assert_same_weights(trainer.model, run.model, atol=1e-5)
+
+
+def test_every_method_runs_in_the_trainer_or_is_refused_in_a_loss_func(tmp_path):
+    model, tokenizer = lora_model()
+    common = dict(
         model=model,
         args=arguments(tmp_path, 1, 1),
-        train_dataset=rows,
         data_collator=MemoryCollator(tokenizer.pad_token_id),
-        memft=MemFTConfig(method="memft-sw-window"),
     )
-    with pytest.raises(MemlawError, match=INDEX_COLUMN):
-        trainer.train()
+    one = memory_dataset(long_sequence(tokenizer))
+    resolved = {}
+    for method in METHODS:
+        trainer = MemFTTrainer(train_dataset=one, memft=MemFTConfig(method=method), **common)
+        resolved[method] = (trainer.memft.method, trainer.memft.train_tau)
+    assert resolved["memft"] == ("memft-ot", 0.8)
+    assert resolved["sft-cap"] == ("memft-ot-all", 0.99)
+    assert resolved["memft-sw"] == ("memft-sw-window", None)  # one sequence: the window
+    with pytest.raises(MemlawError, match="no length"):
+        MemFTTrainer(train_dataset=iter(one), memft=MemFTConfig(method="memft-sw"), **common)
+
+    logits = torch.randn(2, 5, 7)
+    labels = torch.tensor([[-100, -100, 1, 2, 3], [-100, 4, 5, -100, -100]])
+    nll, mask = token_nll(logits, labels)
+    loss = memft_loss_func(method="memft-ot-all")({"logits": logits}, labels, None)
+    assert loss.item() == pytest.approx(memft_ot_all_loss(nll, mask).item())
+    for method, reason in [
+        ("memft-sw-window", "a state per sequence"),
+        ("memft-sw-curriculum", "the epoch"),
+        ("memft-sw", "the item index and the epoch"),
+    ]:
+        with pytest.raises(MemlawError, match=f"{reason}.*use MemFTTrainer"):
+            memft_loss_func(method=method)
 
 
 # --- (c) the one-line compute_loss_func with a plain Trainer ----------------------------------
 
 
+def loss_func_trainer(tmp_path, items, callback):
+    """A plain Trainer with MemFT-OT as its compute_loss_func, for the MemFT-OT reference."""
+    rows, loss_func = memory_dataset(items), memft_loss_func()
+    return memory_trainer(
+        tmp_path,
+        rows,
+        OT_STEPS,
+        len(items),
+        Trainer,
+        callbacks=[callback],
+        compute_loss_func=loss_func,
+    )
+
+
 def test_compute_loss_func_with_plain_trainer_matches_memlaw_loop(tmp_path, ot_reference):
     run, items = ot_reference
-    model, tokenizer = lora_model()
     trace = ParamTrace()
-    trainer = Trainer(
-        model=model,
-        args=arguments(tmp_path, OT_STEPS, len(items)),
-        train_dataset=memory_dataset(items),
-        data_collator=MemoryCollator(tokenizer.pad_token_id),
-        callbacks=[trace],
-        compute_loss_func=memft_loss_func(),
-    )
-    trainer.remove_callback(PrinterCallback)
+    trainer = loss_func_trainer(tmp_path, items, trace)
     trainer.train()
 
     logs = step_logs(trainer)
@@ -243,9 +310,9 @@ def test_compute_loss_func_with_plain_trainer_matches_memlaw_loop(tmp_path, ot_r
 def test_loss_func_units():
     logits = torch.randn(2, 5, 7, requires_grad=True)
     labels = torch.tensor([[-100, -100, 1, 2, 3], [-100, 4, 5, -100, -100]])
-    nll, mask = O.token_nll(logits, labels)
+    nll, mask = token_nll(logits, labels)
     loss_func = memft_loss_func()
-    expected = O.memft_ot_loss(nll, mask)
+    expected = memft_ot_loss(nll, mask)
     assert loss_func({"logits": logits}, labels, None).item() == pytest.approx(expected.item())
     # gradient accumulation: a micro-batch counts by its share of the step's supervised tokens
     half = loss_func({"logits": logits}, labels, num_items_in_batch=2 * int(mask.sum()))
@@ -293,11 +360,11 @@ def test_trl_sft_trainer_trains_with_memft(tmp_path, sw_reference):
     batch = trainer.data_collator([trainer.train_dataset[i] for i in range(3)])
     with torch.no_grad():
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    nll, mask = O.token_nll(logits, batch["labels"])
+    nll, mask = token_nll(logits, batch["labels"])
     assert int(mask.sum()) == 33  # 3 × (10 digits + EOS): the prompt is not supervised
     trainer.train()
     logs = step_logs(trainer)
-    assert logs[0]["loss"] == pytest.approx(O.memft_ot_loss(nll, mask).item(), rel=1e-5)
+    assert logs[0]["loss"] == pytest.approx(memft_ot_loss(nll, mask).item(), rel=1e-5)
     assert logs[-1]["memft/sft_loss"] < logs[0]["memft/sft_loss"]
 
     # the audit on TRL's own SFT: SFTTrainer's prepared rows (input_ids, labels) are the
@@ -368,17 +435,8 @@ class ModeCheck(TrainerCallback):
 
 def test_audit_callback_logs_through_the_trainer(tmp_path, ot_reference):
     run, items = ot_reference
-    model, tokenizer = lora_model()
     recorder = LogRecorder()
-    trainer = Trainer(
-        model=model,
-        args=arguments(tmp_path, OT_STEPS, len(items)),
-        train_dataset=memory_dataset(items),
-        data_collator=MemoryCollator(tokenizer.pad_token_id),
-        callbacks=[recorder],
-        compute_loss_func=memft_loss_func(),
-    )
-    trainer.remove_callback(PrinterCallback)
+    trainer = loss_func_trainer(tmp_path, items, recorder)
     audit = MemoryAuditCallback(items, every=5).attach(trainer)
     mode = ModeCheck()
     trainer.add_callback(mode)
@@ -405,7 +463,7 @@ def test_audit_callback_logs_through_the_trainer(tmp_path, ot_reference):
     assert at5["memlaw/certified_share"] == pytest.approx(memlaw6.certified_items / len(items))
 
     # the last audit agrees with memlaw's probe of the final model (greedy decoding included)
-    report = probe(trainer.model, tokenizer, items)
+    report = probe(trainer.model, load_model("tiny")[1], items)
     final = history[-1]
     assert final["memlaw/certified_share"] == report.certified_share == 1.0
     assert final["memlaw/above_share"] == pytest.approx(report.token_certified_share)
@@ -435,20 +493,13 @@ def test_memory_metrics_agree_with_probe_midway():
 
 
 def test_audit_callback_needs_its_trainer(tmp_path):
-    model, tokenizer = lora_model()
-    items = phonebook(tokenizer)
-    common = dict(
-        args=arguments(tmp_path, 2, len(items)),
-        train_dataset=memory_dataset(items),
-        data_collator=MemoryCollator(tokenizer.pad_token_id),
-    )
-    plain = Trainer(model=model, callbacks=[MemoryAuditCallback(items)], **common)
+    items = phonebook(load_model("tiny")[1])
+    rows = memory_dataset(items)
+    plain = memory_trainer(tmp_path, rows, 2, 3, Trainer, callbacks=[MemoryAuditCallback(items)])
     with pytest.raises(MemlawError, match="attach"):
         plain.train()
     # a MemFT trainer binds the audit callbacks it is given; default cadence: the log steps
-    model, _ = lora_model()
-    trainer = MemFTTrainer(model=model, callbacks=[MemoryAuditCallback(items)], **common)
-    trainer.remove_callback(PrinterCallback)
+    trainer = memory_trainer(tmp_path, rows, 2, 3, callbacks=[MemoryAuditCallback(items)])
     trainer.train()
     assert [e["step"] for e in trainer.state.log_history if "memlaw/target_loss" in e] == [1, 2]
     with pytest.raises(MemlawError):

@@ -8,16 +8,28 @@ import pytest
 import torch
 
 from memlaw.data import IGNORE_INDEX
+from memlaw.errors import MemlawError
 from memlaw.objectives import (
+    METHODS,
+    OBJECTIVES,
+    SFT_CAP,
+    ObjectiveStep,
+    Settings,
     SlidingWindowState,
     advance_window,
+    check_settings,
     curriculum_items,
     curriculum_share,
     loss_threshold,
+    memft_ot_all_loss,
     memft_ot_loss,
     memft_ot_weights,
+    memft_soft_loss,
     memft_sw_loss,
     memft_sw_weights,
+    objective_step,
+    resolve,
+    sft_cap_loss,
     sft_loss,
     token_nll,
 )
@@ -598,7 +610,7 @@ def test_curriculum_items_at_least_one_and_rounding():
 
 
 def test_soft_weights_keep_gradient_just_above_the_boundary_where_ot_has_none():
-    from memlaw.objectives import memft_soft_loss, memft_soft_weights
+    from memlaw.objectives import memft_soft_weights
 
     nll = torch.tensor([[0.6, 2.0]], requires_grad=True)  # p = 0.55 (above) and p = 0.14
     mask = torch.ones_like(nll, dtype=torch.bool)
@@ -611,3 +623,113 @@ def test_soft_weights_keep_gradient_just_above_the_boundary_where_ot_has_none():
     assert soft_grad[0, 0] > 0 and nll.grad[0, 0] == 0
     expected = (weights * nll.detach()).sum() / weights.sum()
     assert memft_soft_loss(nll, mask).item() == pytest.approx(expected.item())
+
+
+# --------------------------------------------------------------------------------------------
+# the registry
+
+
+def batch(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    nll = torch.rand(3, 7, generator=generator) * 2.0
+    mask = torch.rand(3, 7, generator=generator) > 0.2
+    wrong = torch.rand(3, 7, generator=generator) > 0.5
+    return nll, mask, wrong
+
+
+def run_entry(method: str, nll, mask, settings=None, **kwargs) -> ObjectiveStep:
+    objective, settings = resolve(method, settings or Settings(), sequences=3)
+    return objective_step(objective, settings, nll, mask, **kwargs)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("settings", [Settings(), Settings(train_tau=0.8, position_decay=2.0)])
+def test_each_registry_entry_is_its_pure_function_bit_for_bit(seed, settings):
+    nll, mask, wrong = batch(seed)
+    tau, decay = settings.training_tau, settings.position_decay
+    state = SlidingWindowState.initial(3)
+    expected = {
+        "sft": sft_loss(nll, mask),
+        "memft-ot": memft_ot_loss(nll, mask, tau=tau, position_decay=decay),
+        "memft-soft": memft_soft_loss(nll, mask, tau=tau),
+        "memft-sw-window": memft_sw_loss(nll, mask, wrong, state, tau=tau)[0],
+        "memft-sw-curriculum": memft_ot_loss(nll, mask, tau=tau, position_decay=decay),
+        "memft-ot-all": memft_ot_all_loss(nll, mask, tau=tau, position_decay=decay),
+    }
+    for method, loss in expected.items():
+        step = run_entry(method, nll, mask, settings, wrong=wrong, state=state)
+        assert torch.equal(step.loss, loss), method
+        assert step.active == int((mask & (nll > loss_threshold(tau))).sum())
+    # the aliases run their target with their margin
+    margin = Settings(train_tau=0.8)
+    assert torch.equal(
+        run_entry("memft", nll, mask).loss, run_entry("memft-ot", nll, mask, margin).loss
+    )
+    assert torch.equal(run_entry("sft-cap", nll, mask).loss, sft_cap_loss(nll, mask))
+
+
+def test_registry_names_every_method_once_and_describes_it():
+    assert METHODS == tuple(OBJECTIVES)
+    assert {"sft", "memft", "memft-ot", "memft-soft", "memft-sw", "memft-sw-window"} < set(METHODS)
+    assert {"memft-sw-curriculum", "memft-ot-all", "sft-cap"} < set(METHODS)
+    for name, entry in OBJECTIVES.items():
+        assert entry.name == name and entry.description
+        assert (entry.weights is None) == (entry.runs is not None)
+        if entry.runs:
+            assert OBJECTIVES[entry.runs].weights is not None
+
+
+def test_the_cli_names_every_method():
+    import inspect
+
+    from memlaw.cli import train_command
+
+    help_text = inspect.signature(train_command).parameters["method"].default.help
+    for name in METHODS:
+        assert name in help_text
+    assert "memft-ot with train tau 0.8" in help_text
+
+
+def test_resolve_aliases_margins_and_errors():
+    assert resolve("memft", Settings())[1].train_tau == 0.8
+    assert resolve("memft", Settings(train_tau=0.95))[1].train_tau == 0.95  # explicit wins
+    assert resolve("memft", Settings(tau=0.9))[1].train_tau == 0.9  # never below tau
+    objective, settings = resolve("sft-cap", Settings())
+    assert (objective.name, settings.train_tau) == ("memft-ot-all", SFT_CAP)
+    assert resolve("memft-sw", Settings(), sequences=1)[0].name == "memft-sw-window"
+    assert resolve("memft-sw", Settings(), sequences=2)[0].name == "memft-sw-curriculum"
+    assert resolve("sft", Settings()) == (OBJECTIVES["sft"], Settings())
+    with pytest.raises(MemlawError, match="number of sequences"):
+        resolve("memft-sw", Settings())
+    with pytest.raises(MemlawError, match="alias"):
+        objective_step(OBJECTIVES["memft"], Settings(), *batch()[:2])
+    with pytest.raises(MemlawError, match="per-sequence state"):
+        objective_step(OBJECTIVES["memft-sw-window"], Settings(), *batch()[:2])
+
+
+@pytest.mark.parametrize(
+    "method, settings, message",
+    [
+        ("adam", Settings(), "unknown method 'adam': use one of sft, memft,"),
+        ("sft", Settings(tau=1.0), "tau must be within"),
+        ("memft-ot", Settings(train_tau=0.3), "train tau"),
+        ("memft-ot", Settings(fallback="zero"), "fallback"),
+    ],
+)
+def test_check_settings(method, settings, message):
+    with pytest.raises(MemlawError, match=message):
+        check_settings(method, settings)
+
+
+def test_skips_and_fallback_where_no_token_is_left_to_train():
+    nll = torch.tensor([[0.001, 0.002]], requires_grad=True)  # every p > 0.99
+    mask = torch.ones_like(nll, dtype=torch.bool)
+    for method in ("memft-ot", "memft-sw-curriculum", "memft-ot-all", "sft-cap", "memft"):
+        step = run_entry(method, nll, mask)
+        assert step.skipped and step.active == 0 and step.loss.item() == 0.0
+        mean = run_entry(method, nll, mask, Settings(fallback="mean"))
+        assert not mean.skipped and mean.loss.item() == pytest.approx(0.0015)
+    for method in ("sft", "memft-soft"):
+        assert not run_entry(method, nll, mask).skipped
+    # another process still has tokens to train: nobody skips
+    assert not run_entry("memft-ot", nll, mask, active_total=3).skipped

@@ -9,6 +9,7 @@ from memlaw.adapters import LoraSpec
 from memlaw.data import encode_items, generate_phonebook, generate_random_tokens
 from memlaw.errors import MemlawError
 from memlaw.models import load_model
+from memlaw.objectives import OBJECTIVES, memft_ot_all_loss, sft_cap_loss
 from memlaw.probe import probe
 from memlaw.train import TrainConfig, save_run, train
 
@@ -223,19 +224,37 @@ def test_negative_sft_warmup_is_rejected():
 
 
 def test_memft_is_the_recommended_variant_and_records_what_was_asked():
-    from memlaw.train import RECOMMENDED_MEMFT, resolve_recommended
-
+    entry = OBJECTIVES["memft"]
+    assert "memft-ot with train_tau 0.8" in entry.description
     result = run(method="memft", steps=4, stop_when_certified=False)
     assert result.config["requested_method"] == "memft"
-    assert result.config["method"] == RECOMMENDED_MEMFT["method"]
-    assert result.config["train_tau"] == RECOMMENDED_MEMFT.get("train_tau")
-    explicit = run(
-        method=RECOMMENDED_MEMFT["method"],
-        steps=4,
-        stop_when_certified=False,
-        train_tau=RECOMMENDED_MEMFT.get("train_tau"),
-    )
+    assert result.config["objective"] == entry.description
+    assert result.config["method"] == entry.runs == "memft-ot"
+    assert result.config["train_tau"] == entry.train_tau == 0.8
+    explicit = run(method="memft-ot", steps=4, stop_when_certified=False, train_tau=0.8)
     assert [e.loss for e in result.log] == [e.loss for e in explicit.log]
-    assert resolve_recommended(TrainConfig(method="memft", train_tau=0.95)).train_tau == 0.95
-    assert resolve_recommended(TrainConfig(method="memft", tau=0.9)).train_tau >= 0.9
-    assert resolve_recommended(TrainConfig(method="sft")) == TrainConfig(method="sft")
+    assert run(method="memft", steps=1, train_tau=0.95).config["train_tau"] == 0.95
+    assert run(method="memft", steps=1, tau=0.9).config["train_tau"] >= 0.9
+    assert run(method="sft", steps=1).config["train_tau"] is None
+
+
+@pytest.mark.parametrize(
+    "method, runs, loss",
+    [
+        ("memft-ot-all", "memft-ot-all", lambda nll, mask: memft_ot_all_loss(nll, mask)),
+        ("sft-cap", "memft-ot-all", lambda nll, mask: sft_cap_loss(nll, mask)),
+    ],
+)
+def test_variants_normalized_by_all_supervised_tokens(method, runs, loss):
+    result = run(method=method, steps=25, stop_when_certified=False)
+    assert result.config["method"] == runs and result.config["requested_method"] == method
+    for entry in result.log:
+        # Σ w·ℓ over every supervised token (40): never above the plain mean, which weighs all
+        assert entry.objective <= entry.loss + 1e-6
+        assert entry.skipped == (entry.active_tokens == 0)
+    first = result.log[0]
+    assert first.active_tokens == 40 and first.objective == pytest.approx(first.loss)
+    nll = torch.tensor([[0.001, 0.3, 2.0]])
+    assert loss(nll, nll > 0).item() == pytest.approx(
+        (2.0 if method == "memft-ot-all" else 2.3) / 3
+    )

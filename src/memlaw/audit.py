@@ -15,12 +15,13 @@ share of the loss and gradient mass lands on them is budget that does not move r
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import NamedTuple
 
 import torch
 
-from memlaw.data import EncodedItem, collate
-from memlaw.objectives import DEFAULT_TAU, loss_threshold, token_nll
-from memlaw.probe import EVAL_BATCH, TokenScores, probe, token_scores
+from memlaw.data import EncodedItem
+from memlaw.objectives import DEFAULT_TAU, loss_threshold
+from memlaw.probe import TokenScores, eval_batches, probe, token_scores
 
 
 @dataclass
@@ -41,52 +42,50 @@ class AuditReport:
         return asdict(self)
 
 
+class TokenBudget(NamedTuple):
+    """Where a standard SFT step's budget goes on a memory set: supervised tokens, their summed
+    loss and summed logit-gradient norm, each in total and on the tokens already above τ."""
+
+    tokens: int
+    above: int
+    loss: float
+    loss_above: float
+    gradient: float
+    gradient_above: float
+
+
 def token_budget(
     model, encoded: list[EncodedItem], pad_token_id: int, tau: float = DEFAULT_TAU
-) -> tuple[int, int, float, float, float, float]:
-    """(tokens, tokens above τ, loss mass, loss mass above, gradient mass, gradient mass above)."""
+) -> TokenBudget:
+    """The SFT budget of ``encoded`` under the model (eval mode, no gradient)."""
     return _budget_and_scores(model, encoded, pad_token_id, tau)[0]
 
 
 @torch.no_grad()
 def _budget_and_scores(
     model, encoded: list[EncodedItem], pad_token_id: int, tau: float
-) -> tuple[tuple[int, int, float, float, float, float], list[TokenScores]]:
+) -> tuple[TokenBudget, list[TokenScores]]:
     """The token budget and, from the same forward pass, the teacher-forced scores a probe
     needs (one pass over the set instead of two)."""
     scores: list[TokenScores] = []
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
     threshold = loss_threshold(tau)
     totals = [0, 0, 0.0, 0.0, 0.0, 0.0]
-    try:
-        for start in range(0, len(encoded), EVAL_BATCH):
-            batch = {
-                k: v.to(device)
-                for k, v in collate(encoded[start : start + EVAL_BATCH], pad_token_id).items()
-            }
-            logits = model(
-                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
-            ).logits
-            nll, mask = token_nll(logits, batch["labels"])
-            scores += token_scores(logits, batch["labels"], nll=nll, mask=mask)
-            probabilities = logits[:, :-1].float().softmax(-1)[mask]
-            targets = batch["labels"][:, 1:][mask]
-            # d ℓ / d logits = softmax − onehot(target): its norm is the gradient SFT sends back
-            probabilities[torch.arange(len(targets)), targets] -= 1.0
-            gradient = probabilities.norm(dim=-1)
-            losses = nll[mask]
-            above = losses < threshold
-            totals[0] += int(mask.sum())
-            totals[1] += int(above.sum())
-            totals[2] += float(losses.sum())
-            totals[3] += float(losses[above].sum())
-            totals[4] += float(gradient.sum())
-            totals[5] += float(gradient[above].sum())
-    finally:
-        model.train(was_training)
-    return tuple(totals), scores
+    for logits, labels, nll, mask in eval_batches(model, encoded, pad_token_id):
+        scores += token_scores(logits, labels, nll=nll, mask=mask)
+        probabilities = logits[:, :-1].float().softmax(-1)[mask]
+        targets = labels[:, 1:][mask]
+        # d ℓ / d logits = softmax − onehot(target): its norm is the gradient SFT sends back
+        probabilities[torch.arange(len(targets)), targets] -= 1.0
+        gradient = probabilities.norm(dim=-1)
+        losses = nll[mask]
+        above = losses < threshold
+        totals[0] += int(mask.sum())
+        totals[1] += int(above.sum())
+        totals[2] += float(losses.sum())
+        totals[3] += float(losses[above].sum())
+        totals[4] += float(gradient.sum())
+        totals[5] += float(gradient[above].sum())
+    return TokenBudget(*totals), scores
 
 
 def audit(
@@ -103,10 +102,9 @@ def audit(
     (:class:`memlaw.law.MemoryLaw`) and the adapter's ``n_eff``, the advice to raise the rank
     quotes the law's predicted gain of doubling it."""
     budget, scores = _budget_and_scores(model, encoded, tokenizer.pad_token_id, tau)
-    tokens, above, loss, loss_above, gradient, gradient_above = budget
     report = probe(model, tokenizer, encoded, tau=tau, measure_base=False, scores=scores)
-    above_share = above / tokens
-    gradient_share = gradient_above / gradient if gradient > 0 else 0.0
+    above_share = budget.above / budget.tokens
+    gradient_share = budget.gradient_above / budget.gradient if budget.gradient > 0 else 0.0
     if report.certified_share == 1.0:
         advice = (
             "certified: every target token has p > tau, greedy recall is guaranteed; stop training"
@@ -129,9 +127,9 @@ def audit(
             )
     return AuditReport(
         tau=tau,
-        tokens=tokens,
+        tokens=budget.tokens,
         above_share=above_share,
-        loss_mass_above=loss_above / loss if loss > 0 else 0.0,
+        loss_mass_above=budget.loss_above / budget.loss if budget.loss > 0 else 0.0,
         gradient_mass_above=gradient_share,
         certified_share=report.certified_share,
         exact_match=report.exact_match,

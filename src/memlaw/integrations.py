@@ -3,12 +3,14 @@
 Three ways in, from the lightest to the most complete:
 
 - :func:`memft_loss_func`: ``Trainer(..., compute_loss_func=memft_loss_func())`` trains with
-  MemFT-OT. A step with no token below the boundary leaves every gradient ``None``, so AdamW
-  makes no update at all (not even a momentum step), exactly as memlaw's own loop.
+  MemFT-OT (or any method of :data:`memlaw.objectives.OBJECTIVES` that needs neither a
+  per-sequence state nor the epoch). A step with no token below the boundary leaves every
+  gradient ``None``, so AdamW makes no update at all (not even a momentum step), exactly as
+  memlaw's own loop.
 - :class:`MemFTTrainer` (a ``Trainer``) and :class:`MemFTMixin` / :func:`with_memft` for any
-  ``Trainer`` subclass such as TRL's ``SFTTrainer``: MemFT-OT and the MemFT-SW sliding window
-  (which keeps a state per sequence and so needs the item index column :data:`INDEX_COLUMN`),
-  with per-step MemFT statistics in the Trainer's logs.
+  ``Trainer`` subclass such as TRL's ``SFTTrainer``: every method of memlaw's loop, the MemFT-SW
+  sliding window and curriculum included (they need the item index column
+  :data:`INDEX_COLUMN`), with per-step MemFT statistics in the Trainer's logs.
 - :class:`MemoryAuditCallback`: every N steps, measures the memory set with the current weights
   (share of tokens above the boundary, certified items, stubborn tokens, mean target loss) and
   logs it through the Trainer, so TensorBoard, W&B and the other reporters receive it.
@@ -31,21 +33,36 @@ True
 
 from __future__ import annotations
 
+import math
+import random
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
 from transformers import Trainer, TrainerCallback
 
-from memlaw import objectives as O
-from memlaw.data import IGNORE_INDEX, EncodedItem
+from memlaw.data import IGNORE_INDEX, EncodedItem, collate, ids_and_labels
 from memlaw.errors import MemlawError
-from memlaw.train import check_memft_settings
+from memlaw.objectives import (
+    DEFAULT_TAU,
+    OBJECTIVES,
+    Settings,
+    SlidingWindowState,
+    check_settings,
+    curriculum_items,
+    default_boundaries,
+    loss_threshold,
+    objective_step,
+    resolve,
+    sft_loss,
+    token_nll,
+)
+from memlaw.probe import mean_target_loss, teacher_forced
 
-# The batch column that carries each sequence's index into the memory set (MemFT-SW's state).
+# The batch column that carries each sequence's index into the memory set (MemFT-SW's state
+# and curriculum).
 INDEX_COLUMN = "memlaw_index"
-TRAINER_METHODS = ("sft", "memft-ot", "memft-sw-window")
 
 
 # --- data ----------------------------------------------------------------------------------
@@ -71,8 +88,8 @@ def memory_dataset(encoded: Sequence[EncodedItem]) -> list[dict[str, Any]]:
 
 
 class MemoryCollator:
-    """Right-padded batches with ``labels`` padded by ``IGNORE_INDEX``, like
-    :func:`memlaw.data.collate`; the item index column passes through when present.
+    """A Trainer's ``data_collator``: :func:`memlaw.data.collate` (right padding, ``labels``
+    padded by ``IGNORE_INDEX``), with the item index column passed through when present.
 
     >>> batch = MemoryCollator(0)([{"input_ids": [5, 6, 7], "labels": [-100, -100, 7]},
     ...                            {"input_ids": [5, 8], "labels": [-100, 8]}])
@@ -84,29 +101,10 @@ class MemoryCollator:
         self.pad_token_id = pad_token_id
 
     def __call__(self, features: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
-        rows = [_as_ids(f["input_ids"]) for f in features]
-        labels = [_as_ids(f["labels"]) for f in features]
-        width = max(len(r) for r in rows)
-        batch = {
-            "input_ids": torch.full((len(rows), width), self.pad_token_id, dtype=torch.long),
-            "attention_mask": torch.zeros((len(rows), width), dtype=torch.long),
-            "labels": torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long),
-        }
-        for row, (ids, target) in enumerate(zip(rows, labels, strict=True)):
-            if len(ids) != len(target):
-                raise MemlawError(
-                    f"row {row}: input_ids and labels differ in length ({len(ids)} vs {len(target)})"
-                )
-            batch["input_ids"][row, : len(ids)] = torch.tensor(ids)
-            batch["attention_mask"][row, : len(ids)] = 1
-            batch["labels"][row, : len(ids)] = torch.tensor(target)
+        batch = collate(features, self.pad_token_id)
         if all(INDEX_COLUMN in f for f in features):
             batch[INDEX_COLUMN] = torch.tensor([int(f[INDEX_COLUMN]) for f in features])
         return batch
-
-
-def _as_ids(values) -> list[int]:
-    return values.tolist() if isinstance(values, torch.Tensor) else [int(v) for v in values]
 
 
 # --- the loss ------------------------------------------------------------------------------
@@ -114,31 +112,29 @@ def _as_ids(values) -> list[int]:
 
 @dataclass(frozen=True)
 class MemFTConfig:
-    """MemFT inside a Trainer: the same settings as :class:`memlaw.train.TrainConfig`.
+    """MemFT inside a Trainer: the same methods and settings as
+    :class:`memlaw.train.TrainConfig` (see :class:`memlaw.objectives.Settings`).
 
-    ``method`` is ``memft-ot``, ``memft-sw-window`` (one or a few long sequences; needs the
-    item index column) or ``sft`` (the plain mean, with the same per-step statistics, for A/B
-    runs). ``train_tau``: MemFT trains tokens while p < ``train_tau`` (default ``tau``).
-    ``fallback``: with no token below the boundary, ``skip`` makes no update, ``mean`` trains on
-    the plain mean instead.
+    ``method`` is any name of :data:`memlaw.objectives.METHODS`; ``sft`` gives the plain mean
+    with the same per-step statistics, for A/B runs. ``memft-sw-window`` and
+    ``memft-sw-curriculum`` need the item index column; the curriculum grows its prefix of one
+    random item order (seeded by the Trainer's ``seed``) at the epochs
+    ``curriculum_boundaries`` (default: equal fifths of the Trainer's epochs).
     """
 
     method: str = "memft-ot"
-    tau: float = O.DEFAULT_TAU
+    tau: float = DEFAULT_TAU
     train_tau: float | None = None
     fallback: str = "skip"
     position_decay: float | None = None
+    curriculum_boundaries: tuple[int, ...] | None = None
 
     def validate(self) -> None:
-        if self.method not in TRAINER_METHODS:
-            raise MemlawError(
-                f"unknown method '{self.method}': use one of {', '.join(TRAINER_METHODS)}"
-            )
-        check_memft_settings(self.tau, self.train_tau, self.fallback)
+        check_settings(self.method, Settings.of(self))
 
     @property
     def training_tau(self) -> float:
-        return self.train_tau or self.tau
+        return Settings.of(self).training_tau
 
 
 @dataclass
@@ -149,57 +145,34 @@ class BatchStats:
     tokens: int  # supervised target tokens
     active_tokens: int  # tokens MemFT trains: p < train_tau
     above_tokens: int  # tokens already above the boundary: p > tau
-    skipped: bool  # MemFT-OT had nothing below the boundary: no update
+    skipped: bool  # no update: nothing left to train (or no item of the batch in the curriculum)
 
 
 def memft_objective(
-    config: MemFTConfig,
-    nll: torch.Tensor,
-    mask: torch.Tensor,
-    *,
-    wrong: torch.Tensor | None = None,
-    state: O.SlidingWindowState | None = None,
-    active_total: int | None = None,
-) -> tuple[torch.Tensor, O.SlidingWindowState | None, BatchStats]:
-    """The objective of one batch, as memlaw's loop computes it, and what it saw.
+    config: MemFTConfig, nll: torch.Tensor, mask: torch.Tensor, **context: Any
+) -> tuple[torch.Tensor, SlidingWindowState | None, BatchStats]:
+    """The objective of one batch, as memlaw's loop computes it
+    (:func:`memlaw.objectives.objective_step`), and what it saw.
 
-    ``wrong`` (argmax ≠ target) and ``state`` (of these rows) are needed by
-    ``memft-sw-window``, which returns the advanced state. ``active_total`` overrides the count
-    of trainable tokens that decides a MemFT-OT skip (multi-process: the count of every rank).
+    ``context``: ``wrong`` (argmax ≠ target) and ``state`` (of these rows), needed by
+    ``memft-sw-window``, which returns the advanced state; ``active_total``, the count of
+    trainable tokens that decides a skip (multi-process: the count of every rank).
 
     >>> nll = torch.tensor([[0.1, 2.0, 0.2]])
     >>> loss, _, stats = memft_objective(MemFTConfig(), nll, nll > 0)
     >>> loss.item(), stats.active_tokens, stats.above_tokens, stats.skipped
     (2.0, 1, 2, False)
     """
-    threshold = O.loss_threshold(config.tau)
-    train_threshold = O.loss_threshold(config.training_tau)
-    plain = O.sft_loss(nll, mask)
-    active = int((mask & (nll.detach() > train_threshold)).sum())
-    if config.method == "sft":
-        objective = plain
-    elif config.method == "memft-ot":
-        objective = O.memft_ot_loss(
-            nll,
-            mask,
-            tau=config.training_tau,
-            fallback=config.fallback,
-            position_decay=config.position_decay,
-        )
-    else:
-        if wrong is None or state is None:
-            raise MemlawError("memft-sw-window needs the argmax errors and the per-sequence state")
-        objective, state = O.memft_sw_loss(nll, mask, wrong, state, tau=config.training_tau)
-    decisive = active if active_total is None else active_total
-    skipped = config.method == "memft-ot" and config.fallback == "skip" and decisive == 0
+    objective, settings = resolve(config.method, Settings.of(config))
+    step = objective_step(objective, settings, nll, mask, **context)
     stats = BatchStats(
-        sft_loss=float(plain.detach()),
+        sft_loss=float(sft_loss(nll, mask).detach()),
         tokens=int(mask.sum()),
-        active_tokens=active,
-        above_tokens=int((mask & (nll.detach() < threshold)).sum()),
-        skipped=skipped,
+        active_tokens=step.active,
+        above_tokens=int((mask & (nll.detach() < loss_threshold(settings.tau))).sum()),
+        skipped=step.skipped,
     )
-    return objective, state, stats
+    return step.loss, step.state, stats
 
 
 def no_update_loss(device: torch.device | str = "cpu") -> torch.Tensor:
@@ -229,9 +202,9 @@ def _token_share(mask: torch.Tensor, num_items_in_batch) -> torch.Tensor | float
     return mask.sum() / total.reshape(())
 
 
-def _state_to(state: O.SlidingWindowState, device) -> O.SlidingWindowState:
+def _state_to(state: SlidingWindowState, device) -> SlidingWindowState:
     # The state lives on the CPU between steps; the window arithmetic runs beside the logits.
-    return O.SlidingWindowState(
+    return SlidingWindowState(
         state.anchor.to(device), state.stalled.to(device), state.expansion.to(device)
     )
 
@@ -245,19 +218,23 @@ def _logits(outputs) -> torch.Tensor:
 
 
 def memft_loss_func(
-    tau: float = O.DEFAULT_TAU,
+    tau: float = DEFAULT_TAU,
     train_tau: float | None = None,
     fallback: str = "skip",
     position_decay: float | None = None,
+    *,
+    method: str = "memft-ot",
 ) -> Callable[..., torch.Tensor]:
-    """MemFT-OT as a ``compute_loss_func`` for ``transformers.Trainer`` (``outputs, labels,
-    num_items_in_batch`` → loss): the mean float32 loss over target tokens with p < τ.
+    """MemFT as a ``compute_loss_func`` for ``transformers.Trainer`` (``outputs, labels,
+    num_items_in_batch`` → loss): by default MemFT-OT, the mean float32 loss over target tokens
+    with p < τ.
 
     ``labels`` follow the Hugging Face convention (unshifted, ``-100`` where unsupervised). When
     no token is below the boundary the returned loss reaches no parameter, so the step makes no
-    update. For the sliding window or per-step MemFT statistics, use :class:`MemFTTrainer`.
-    The skip decision is local to each process: under multi-process training use
-    :class:`MemFTTrainer`, which takes it over all ranks.
+    update. ``method`` is any method that needs neither a per-sequence state nor the epoch (a
+    ``compute_loss_func`` sees neither); for those, and for per-step MemFT statistics, use
+    :class:`MemFTTrainer`. The skip decision is local to each process: under multi-process
+    training use :class:`MemFTTrainer`, which takes it over all ranks.
 
     >>> import torch
     >>> logits = torch.tensor([[[0.0, 5.0], [5.0, 0.0], [0.0, 0.0]]])
@@ -266,20 +243,23 @@ def memft_loss_func(
     >>> round(loss_func({"logits": logits}, labels, num_items_in_batch=2).item(), 4)
     5.0067
     """
-    config = MemFTConfig(
-        method="memft-ot",
-        tau=tau,
-        train_tau=train_tau,
-        fallback=fallback,
-        position_decay=position_decay,
-    )
-    config.validate()
+    config = MemFTConfig(method, tau, train_tau, fallback, position_decay)
+    config.validate()  # then refuse what a loss function cannot see
+    entry = OBJECTIVES[method]
+    if entry.runs_alone is not None:
+        raise MemlawError(f"{method} needs the item index and the epoch: use MemFTTrainer")
+    objective, _ = resolve(method, Settings.of(config))
+    if objective.window or objective.curriculum:
+        need = "a state per sequence" if objective.window else "the epoch"
+        raise MemlawError(
+            f"{method} needs {need}, which a compute_loss_func never sees: use MemFTTrainer"
+        )
 
     def loss_func(outputs, labels: torch.Tensor, num_items_in_batch=None) -> torch.Tensor:
         if labels is None:
             raise MemlawError("MemFT needs labels: the batch has no 'labels' column")
         logits = _logits(outputs)
-        nll, mask = O.token_nll(logits, labels)
+        nll, mask = token_nll(logits, labels)
         objective, _, stats = memft_objective(config, nll, mask)
         if stats.skipped:
             return no_update_loss(logits.device)
@@ -295,10 +275,13 @@ class MemFTMixin:
     """MemFT for any ``transformers.Trainer`` subclass: put it first in the bases.
 
     ``class MemFTSFTTrainer(MemFTMixin, SFTTrainer)`` (or ``with_memft(SFTTrainer)``) takes one
-    extra keyword, ``memft=MemFTConfig(...)``. The loss follows memlaw's loop: MemFT-OT skips
-    the update when no token is below the boundary (every gradient stays ``None``, so AdamW does
-    not move), and ``memft-sw-window`` keeps its anchor/patience state per item, keyed by the
-    batch column :data:`INDEX_COLUMN` (stripped before the forward pass).
+    extra keyword, ``memft=MemFTConfig(...)``, and trains with any method of memlaw's loop. The
+    loss follows memlaw's loop: MemFT-OT skips the update when no token is below the boundary
+    (every gradient stays ``None``, so AdamW does not move); ``memft-sw-window`` keeps its
+    anchor/patience state per item and ``memft-sw-curriculum`` trains only the items of its
+    prefix at the Trainer's epoch, both keyed by the batch column :data:`INDEX_COLUMN`
+    (stripped before the forward pass). An alias is resolved when the trainer is built
+    (``memft-sw`` by the size of the train dataset), so ``trainer.memft`` names what runs.
 
     Logs gain ``memft/sft_loss`` (plain mean), ``memft/active_tokens``, ``memft/above_share``
     and ``memft/skipped`` (skipped batches since the last log); ``loss`` is the objective
@@ -310,16 +293,30 @@ class MemFTMixin:
     loss_is_scaled_for_ga = True
 
     def __init__(self, *args, memft: MemFTConfig | None = None, **kwargs):
-        self.memft = memft or MemFTConfig()
-        self.memft.validate()
+        memft = memft or MemFTConfig()
+        memft.validate()
         if kwargs.get("compute_loss_func") is not None:
             raise MemlawError("MemFTMixin computes the loss itself: drop compute_loss_func")
-        self._memft_window = O.SlidingWindowState.initial(0)
+        self._memft_window = SlidingWindowState.initial(0)
         self._memft_pending: list[BatchStats] = []
+        self._curriculum_order: list[int] | None = None
         super().__init__(*args, **kwargs)
+        self.memft = self._resolve_memft(memft)
         for callback in self.callback_handler.callbacks:
             if isinstance(callback, MemoryAuditCallback) and callback.trainer is None:
                 callback.bind(self)
+
+    def _resolve_memft(self, memft: MemFTConfig) -> MemFTConfig:
+        sequences = None
+        if OBJECTIVES[memft.method].runs_alone is not None:
+            if not hasattr(self.train_dataset, "__len__"):
+                raise MemlawError(
+                    f"{memft.method} picks its variant by the number of items, and this train "
+                    "dataset has no length: name memft-sw-window or memft-sw-curriculum"
+                )
+            sequences = len(self.train_dataset)
+        objective, settings = resolve(memft.method, Settings.of(memft), sequences)
+        return replace(memft, method=objective.name, train_tau=settings.train_tau)
 
     def add_callback(self, callback) -> None:
         super().add_callback(callback)
@@ -348,32 +345,12 @@ class MemFTMixin:
             raise MemlawError("MemFT expects unshifted 'labels'; this batch carries 'shift_labels'")
         outputs = model(**inputs)
         logits = _logits(outputs)
-        nll, mask = O.token_nll(logits, labels)
+        nll, mask = token_nll(logits, labels)
         if not model.training:  # evaluation: the plain mean target loss (the law's L1)
-            loss = O.sft_loss(nll, mask)
+            loss = sft_loss(nll, mask)
             return (loss, outputs) if return_outputs else loss
 
-        wrong, state, rows = None, None, None
-        if self.memft.method == "memft-sw-window":
-            if index is None:
-                raise MemlawError(
-                    f"memft-sw-window keeps a state per sequence: the batch needs the item index "
-                    f"column '{INDEX_COLUMN}' (memory_dataset adds it; set it in your own rows)"
-                )
-            rows = index.detach().to("cpu", torch.long).reshape(-1)
-            self._grow_window(int(rows.max()) + 1)
-            wrong = (logits[:, :-1].argmax(-1) != labels[:, 1:]) & mask
-            state = _state_to(self._memft_window.select(rows), logits.device)
-        objective, state, stats = memft_objective(
-            self.memft,
-            nll,
-            mask,
-            wrong=wrong,
-            state=state,
-            active_total=self._active_over_processes(nll, mask),
-        )
-        if rows is not None:
-            self._memft_window = self._memft_window.update(rows, _state_to(state, "cpu"))
+        objective, stats = self._memft_batch(logits, labels, nll, mask, index)
         self._memft_pending.append(stats)
         if stats.skipped:
             loss = no_update_loss(logits.device)
@@ -392,18 +369,65 @@ class MemFTMixin:
                 loss = loss * self.accelerator.num_processes  # the data-parallel mean divides by it
         return (loss, outputs) if return_outputs else loss
 
-    def _active_over_processes(self, nll: torch.Tensor, mask: torch.Tensor) -> int | None:
-        """Trainable tokens over every process, so that all ranks skip together or not at all."""
-        if self.accelerator.num_processes <= 1 or self.memft.method != "memft-ot":
-            return None
-        local = (mask & (nll.detach() > O.loss_threshold(self.memft.training_tau))).sum()
-        return int(self.accelerator.reduce(local, reduction="sum"))
+    def _memft_batch(self, logits, labels, nll, mask, index) -> tuple[torch.Tensor, BatchStats]:
+        """The batch's objective and statistics, with the window's state or the curriculum's
+        items (both keyed by the item index)."""
+        entry = OBJECTIVES[self.memft.method]
+        items = None
+        if entry.window or entry.curriculum:
+            if index is None:
+                raise MemlawError(
+                    f"{entry.name} keeps track of each item: the batch needs the item index "
+                    f"column '{INDEX_COLUMN}' (memory_dataset adds it; set it in your own rows)"
+                )
+            items = index.detach().to("cpu", torch.long).reshape(-1)
+        if entry.curriculum:
+            mask = mask & self._in_curriculum(items).to(mask.device).unsqueeze(1)
+        wrong, state = None, None
+        if entry.window:
+            self._grow_window(int(items.max()) + 1)
+            wrong = (logits[:, :-1].argmax(-1) != labels[:, 1:]) & mask
+            state = _state_to(self._memft_window.select(items), logits.device)
+        active = (mask & (nll.detach() > loss_threshold(self.memft.training_tau))).sum()
+        objective, state, stats = memft_objective(
+            self.memft,
+            nll,
+            mask,
+            wrong=wrong,
+            state=state,
+            active_total=self._over_processes(active) if entry.skips else None,
+        )
+        if entry.window:
+            self._memft_window = self._memft_window.update(items, _state_to(state, "cpu"))
+        if entry.curriculum and self._over_processes(mask.sum()) == 0:
+            stats = replace(stats, skipped=True)  # no item of the batch is in training yet
+        return objective, stats
+
+    def _over_processes(self, count: torch.Tensor) -> int:
+        """A count summed over every process, so that all ranks skip together or not at all."""
+        if self.accelerator.num_processes <= 1:
+            return int(count)
+        return int(self.accelerator.reduce(count, reduction="sum"))
+
+    def _in_curriculum(self, items: torch.Tensor) -> torch.Tensor:
+        """Which items of the batch the curriculum trains at the Trainer's current epoch."""
+        count = len(self.train_dataset)
+        if int(items.max()) >= count:
+            raise MemlawError(f"item index {int(items.max())} is beyond the {count} train items")
+        if self._curriculum_order is None:
+            self._curriculum_order = random.Random(self.args.seed).sample(range(count), count)
+        boundaries = self.memft.curriculum_boundaries or default_boundaries(
+            math.ceil(self.state.num_train_epochs)
+        )
+        epoch = int(self.state.epoch or 0)
+        training = set(curriculum_items(self._curriculum_order, epoch, boundaries))
+        return torch.tensor([int(i) in training for i in items])
 
     def _grow_window(self, size: int) -> None:
         current = len(self._memft_window.anchor)
         if size > current:
-            extra = O.SlidingWindowState.initial(size - current)
-            self._memft_window = O.SlidingWindowState(
+            extra = SlidingWindowState.initial(size - current)
+            self._memft_window = SlidingWindowState(
                 torch.cat([self._memft_window.anchor, extra.anchor]),
                 torch.cat([self._memft_window.stalled, extra.stalled]),
                 torch.cat([self._memft_window.expansion, extra.expansion]),
@@ -445,11 +469,16 @@ class MemFTTrainer(MemFTMixin, Trainer):
     >>> trainer = MemFTTrainer(model=attach_lora(model, LoraSpec(rank=4)), args=args,
     ...     train_dataset=memory_dataset(items),
     ...     data_collator=MemoryCollator(tokenizer.pad_token_id),
-    ...     memft=MemFTConfig(method="memft-ot"))
+    ...     memft=MemFTConfig(method="memft"), callbacks=[MemoryAuditCallback(items, every=1)])
+    >>> trainer.memft.method, trainer.memft.train_tau  # memlaw's recommended MemFT, resolved
+    ('memft-ot', 0.8)
     >>> trainer.remove_callback(PrinterCallback)  # keep the doctest quiet
     >>> _ = trainer.train()
-    >>> [sorted(k for k in e if k.startswith("memft/")) for e in trainer.state.log_history[:1]]
-    [['memft/above_share', 'memft/active_tokens', 'memft/sft_loss', 'memft/skipped']]
+    >>> steps = [e for e in trainer.state.log_history if "loss" in e]
+    >>> sorted(k for k in steps[0] if k.startswith("memft/"))
+    ['memft/above_share', 'memft/active_tokens', 'memft/sft_loss', 'memft/skipped']
+    >>> [e["step"] for e in trainer.state.log_history if "memlaw/certified_share" in e]
+    [1, 2]
     """
 
 
@@ -467,40 +496,38 @@ def with_memft(trainer_class: type) -> type:
 # --- the audit -----------------------------------------------------------------------------
 
 
-def _memory_rows(memory) -> list[tuple[list[int], list[int]]]:
-    """``(input_ids, labels)`` per item, from encoded items or rows with those two columns."""
-    rows = []
-    for number, item in enumerate(memory, start=1):
-        if isinstance(item, EncodedItem):
-            ids = list(item.input_ids)
-            labels = [IGNORE_INDEX] * len(item.prompt_ids) + list(item.target_ids)
-        elif isinstance(item, Mapping) and "input_ids" in item and "labels" in item:
-            ids, labels = _as_ids(item["input_ids"]), _as_ids(item["labels"])
-        else:
+def _memory_rows(memory) -> list[EncodedItem | Mapping[str, Any]]:
+    """The memory set as a list, each item checked: an ``EncodedItem`` or a row with
+    ``input_ids`` and ``labels`` of one length and at least one supervised target token."""
+    rows = list(memory)
+    for number, item in enumerate(rows, start=1):
+        is_row = isinstance(item, Mapping) and "input_ids" in item and "labels" in item
+        if not (isinstance(item, EncodedItem) or is_row):
             raise MemlawError(
                 f"memory item {number}: expected an EncodedItem or a row with input_ids and labels"
             )
-        if len(ids) != len(labels):
-            raise MemlawError(f"memory item {number}: input_ids and labels differ in length")
+        try:
+            _, labels = ids_and_labels(item)
+        except MemlawError as exc:
+            raise MemlawError(f"memory item {number}: {exc}") from None
         if all(label == IGNORE_INDEX for label in labels[1:]):
             raise MemlawError(f"memory item {number}: no supervised target token")
-        rows.append((ids, labels))
     if not rows:
         raise MemlawError("the memory set is empty: give at least one item")
     return rows
 
 
-@torch.no_grad()
 def memory_metrics(
     model,
     memory: Iterable[EncodedItem] | Iterable[Mapping[str, Any]],
     *,
-    tau: float = O.DEFAULT_TAU,
+    tau: float = DEFAULT_TAU,
     pad_token_id: int | None = None,
     batch_size: int = 32,
     prefix: str = "memlaw/",
 ) -> dict[str, float]:
-    """What the model holds of a memory set now, teacher-forced in eval mode (mode restored).
+    """What the model holds of a memory set now, teacher-forced in eval mode (mode restored),
+    from :func:`memlaw.probe.teacher_forced`:
 
     - ``above_share``: share of supervised tokens already above the boundary (p > τ): under SFT,
       the share of the budget spent on tokens greedy decoding already reproduces;
@@ -518,38 +545,17 @@ def memory_metrics(
     (0.0, 2.0)
     """
     rows = _memory_rows(memory)
-    threshold = O.loss_threshold(tau)
+    threshold = loss_threshold(tau)
     if pad_token_id is None:
         pad_token_id = getattr(getattr(model, "config", None), "pad_token_id", None) or 0
-    collator = MemoryCollator(pad_token_id)
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    tokens = above = certified = stubborn = 0
-    loss_sum = 0.0
-    try:
-        for start in range(0, len(rows), batch_size):
-            chunk = rows[start : start + batch_size]
-            batch = collator([{"input_ids": i, "labels": t} for i, t in chunk])
-            batch = {k: v.to(device) for k, v in batch.items()}
-            logits = model(
-                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
-            ).logits
-            nll, mask = O.token_nll(logits, batch["labels"])
-            wrong = (logits[:, :-1].argmax(-1) != batch["labels"][:, 1:]) & mask
-            is_above = mask & (nll < threshold)
-            tokens += int(mask.sum())
-            above += int(is_above.sum())
-            loss_sum += float(nll[mask].sum())
-            certified += int((is_above | ~mask).all(dim=1).sum())
-            stubborn += int(wrong.any(dim=1).sum())
-    finally:
-        model.train(was_training)
+    scores = teacher_forced(model, rows, pad_token_id, batch_size)
+    losses = [x for s in scores for x in s.nll]
     return {
-        f"{prefix}above_share": above / tokens,
-        f"{prefix}certified_share": certified / len(rows),
-        f"{prefix}stubborn_tokens": float(stubborn),
-        f"{prefix}target_loss": loss_sum / tokens,
+        f"{prefix}above_share": sum(x < threshold for x in losses) / len(losses),
+        f"{prefix}certified_share": sum(all(x < threshold for x in s.nll) for s in scores)
+        / len(scores),
+        f"{prefix}stubborn_tokens": float(sum(not all(s.argmax_ok) for s in scores)),
+        f"{prefix}target_loss": mean_target_loss(scores),
     }
 
 
@@ -564,26 +570,13 @@ class MemoryAuditCallback(TrainerCallback):
     The metrics go through the Trainer's logging: a ``log_history`` entry and an ``on_log`` event
     that every callback receives, TensorBoard, W&B and the other reporters included, whatever
     their place in the list. That needs the trainer: ``MemoryAuditCallback(items).attach(trainer)``
-    (a :class:`MemFTMixin` trainer binds the ones passed in ``callbacks=`` itself).
+    (a :class:`MemFTMixin` trainer binds the ones passed in ``callbacks=`` itself, as in
+    :class:`MemFTTrainer`'s example). With a plain ``Trainer``::
 
-    >>> import tempfile
-    >>> from transformers import PrinterCallback, TrainingArguments
-    >>> from memlaw.models import load_model
-    >>> from memlaw.data import generate_phonebook, encode_items
-    >>> from memlaw.adapters import LoraSpec, attach_lora
-    >>> model, tokenizer = load_model("tiny")
-    >>> items = encode_items(generate_phonebook(2), tokenizer)
-    >>> args = TrainingArguments(tempfile.mkdtemp(), max_steps=2, per_device_train_batch_size=2,
-    ...     logging_steps=1, report_to="none", save_strategy="no", use_cpu=True,
-    ...     disable_tqdm=True)
-    >>> trainer = Trainer(model=attach_lora(model, LoraSpec(rank=4)), args=args,
-    ...     train_dataset=memory_dataset(items),
-    ...     data_collator=MemoryCollator(tokenizer.pad_token_id))
-    >>> trainer.remove_callback(PrinterCallback)  # keep the doctest quiet
-    >>> audit = MemoryAuditCallback(items, every=1).attach(trainer)
-    >>> _ = trainer.train()
-    >>> [e["step"] for e in trainer.state.log_history if "memlaw/certified_share" in e]
-    [1, 2]
+        trainer = Trainer(model=model, args=args, train_dataset=memory_dataset(items),
+                          data_collator=MemoryCollator(tokenizer.pad_token_id))
+        MemoryAuditCallback(items, every=1).attach(trainer)
+        trainer.train()  # each audit: an entry with memlaw/above_share, memlaw/certified_share…
     """
 
     def __init__(
@@ -591,14 +584,14 @@ class MemoryAuditCallback(TrainerCallback):
         memory: Iterable[EncodedItem] | Iterable[Mapping[str, Any]],
         *,
         every: int | None = None,
-        tau: float = O.DEFAULT_TAU,
+        tau: float = DEFAULT_TAU,
         pad_token_id: int | None = None,
         batch_size: int = 32,
         prefix: str = "memlaw/",
     ):
         if every is not None and every <= 0:
             raise MemlawError(f"audit interval must be a positive number of steps, got {every}")
-        O.loss_threshold(tau)  # validates tau
+        loss_threshold(tau)  # validates tau
         self.memory = list(memory)
         _memory_rows(self.memory)  # fail at construction, not mid-training
         self.every, self.tau, self.pad_token_id = every, tau, pad_token_id

@@ -15,7 +15,9 @@ decoding reproduces it verbatim. The probe measures both sides of that boundary.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import torch
 
@@ -56,14 +58,18 @@ def token_scores(
 
 
 @torch.no_grad()
-def teacher_forced(
-    model, encoded: list[EncodedItem], pad_token_id: int, batch_size: int = EVAL_BATCH
-) -> list[TokenScores]:
-    """Per-item target-token losses and whether each target token is the argmax (eval mode)."""
+def eval_batches(
+    model,
+    encoded: Sequence[EncodedItem] | Sequence[Mapping[str, Any]],
+    pad_token_id: int,
+    batch_size: int = EVAL_BATCH,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """The one evaluation loop: ``(logits, labels, nll, mask)`` of each batch of encoded items
+    or rows (:func:`memlaw.data.collate`), teacher-forced in eval mode without gradients; the
+    model's mode is restored once the loop is done."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    scores: list[TokenScores] = []
     try:
         for start in range(0, len(encoded), batch_size):
             chunk = encoded[start : start + batch_size]
@@ -71,9 +77,21 @@ def teacher_forced(
             logits = model(
                 input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
             ).logits
-            scores += token_scores(logits, batch["labels"])
+            yield logits, batch["labels"], *token_nll(logits, batch["labels"])
     finally:
         model.train(was_training)
+
+
+def teacher_forced(
+    model,
+    encoded: Sequence[EncodedItem] | Sequence[Mapping[str, Any]],
+    pad_token_id: int,
+    batch_size: int = EVAL_BATCH,
+) -> list[TokenScores]:
+    """Per-item target-token losses and whether each target token is the argmax (eval mode)."""
+    scores: list[TokenScores] = []
+    for logits, labels, nll, mask in eval_batches(model, encoded, pad_token_id, batch_size):
+        scores += token_scores(logits, labels, nll=nll, mask=mask)
     return scores
 
 
