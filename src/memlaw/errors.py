@@ -1,4 +1,11 @@
-"""The one exception type for bad input: the CLI turns it into a one-line error and exit code 2."""
+"""The one exception type for bad input, and the number checks that raise it.
+
+The CLI turns a :class:`MemlawError` into a one-line error and exit code 2.
+"""
+
+from __future__ import annotations
+
+import math
 
 
 class MemlawError(Exception):
@@ -7,3 +14,60 @@ class MemlawError(Exception):
     >>> str(MemlawError("rank must be positive, got 0"))
     'rank must be positive, got 0'
     """
+
+
+def check_number(
+    value: float | None,
+    name: str,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    high_open: bool = False,
+    optional: bool = False,
+) -> None:
+    """Fail unless ``value`` is a finite number within the bounds; ``name`` is what the user
+    typed (an option such as ``--lr``), so the message points at it.
+
+    >>> check_number(0.5, "--tau", low=0, high=1, low_open=True, high_open=True)
+    >>> try:
+    ...     check_number(float("nan"), "--lr", low=0, low_open=True)
+    ... except MemlawError as exc:
+    ...     print(exc)
+    --lr must be a finite number > 0, got nan
+    """
+    if value is None and optional:
+        return
+    wanted = _describe_range(low, high, low_open, high_open)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise MemlawError(f"{name} must be a finite number{wanted}, got {value}")
+    too_low = low is not None and (value <= low if low_open else value < low)
+    too_high = high is not None and (value >= high if high_open else value > high)
+    if too_low or too_high:
+        raise MemlawError(f"{name} must be a number{wanted}, got {value:g}")
+
+
+def check_integer(value: int | None, name: str, *, low: int = 1, optional: bool = False) -> None:
+    """Fail unless ``value`` is a whole number ≥ ``low``.
+
+    >>> try:
+    ...     check_integer(0, "--steps")
+    ... except MemlawError as exc:
+    ...     print(exc)
+    --steps must be a positive integer, got 0
+    """
+    if value is None and optional:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        wanted = "a positive integer" if low == 1 else f"an integer ≥ {low}"
+        raise MemlawError(f"{name} must be {wanted}, got {value}")
+
+
+def _describe_range(low: float | None, high: float | None, low_open: bool, high_open: bool) -> str:
+    if low is not None and high is not None:
+        return f" within {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+    if low is not None:
+        return f" {'>' if low_open else '≥'} {low:g}"
+    if high is not None:
+        return f" {'<' if high_open else '≤'} {high:g}"
+    return ""

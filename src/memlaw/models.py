@@ -87,22 +87,40 @@ def load_model(
 
 
 def _load_pretrained(name: str, dtype: torch.dtype, trust_remote_code: bool):
-    from transformers import AutoConfig
-
-    looks_local = Path(name).exists() or name.startswith((".", "/", "~"))
-    if looks_local and not Path(name).expanduser().is_dir():
-        raise MemlawError(f"model folder '{name}' does not exist")
-    try:
-        AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as exc:
-        raise MemlawError(
-            f"unknown model '{name}': not a built-in ({', '.join(BUILTIN_MODELS)}), a local "
-            f"folder, or a Hugging Face id available here ({_first_line(exc)})"
-        ) from None
+    pretrained_config(name, trust_remote_code)
     return _load_folder(name, dtype, trust_remote_code)
 
 
+def pretrained_config(name: str, trust_remote_code: bool = False):
+    """The config of a local folder or Hugging Face id, or a MemlawError that says which of
+    the two failed and why (a folder that needs its own code is not "unknown")."""
+    from transformers import AutoConfig
+
+    path = Path(name).expanduser()
+    looks_local = path.exists() or name.startswith((".", "/", "~"))
+    if looks_local and not path.is_dir():
+        raise MemlawError(f"model folder '{name}' does not exist")
+    try:
+        return AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as exc:
+        if "trust_remote_code" in str(exc):
+            raise MemlawError(
+                f"model '{name}' needs its own code to load: pass --trust-remote-code if you "
+                "trust it"
+            ) from None
+        if looks_local:
+            raise MemlawError(
+                f"folder '{name}' holds no usable model config ({_first_line(exc)})"
+            ) from None
+        raise MemlawError(
+            f"unknown model '{name}': not a built-in ({', '.join(BUILTIN_MODELS)}), a local "
+            f"folder, or a Hugging Face id in the local cache (memlaw does not download models; "
+            f"{_first_line(exc)})"
+        ) from None
+
+
 def _load_folder(folder: str | Path, dtype: torch.dtype, trust_remote_code: bool):
+    from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     try:
@@ -110,9 +128,67 @@ def _load_folder(folder: str | Path, dtype: torch.dtype, trust_remote_code: bool
         model = AutoModelForCausalLM.from_pretrained(
             folder, dtype=dtype, trust_remote_code=trust_remote_code
         )
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, KeyError, SafetensorError) as exc:
         raise MemlawError(f"cannot load model from '{folder}': {_first_line(exc)}") from None
     return model, tokenizer
+
+
+def model_skeleton(name: str = DEFAULT_MODEL, *, trust_remote_code: bool = False):
+    """``(model, tokenizer)`` with the model on the meta device: its shapes and config without
+    its weights, to check a plan (layers, modules, adapter memory, context) before any run.
+
+    >>> model, _ = model_skeleton("tiny")
+    >>> model.model.layers[0].mlp.up_proj.weight.device.type
+    'meta'
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if name == "tiny":
+        with torch.device("meta"):
+            return build_tiny_model()
+    folder = _smollm2_folder() if name == "smollm2-135m" else name
+    config = pretrained_config(str(folder), trust_remote_code)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, KeyError) as exc:
+        raise MemlawError(f"cannot load the tokenizer of '{name}': {_first_line(exc)}") from None
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+    return model, tokenizer
+
+
+def available_memory(device: str | torch.device) -> int | None:
+    """Bytes free on ``device`` now (None when unknown, e.g. on a meta device)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free)
+    if device.type != "cpu":
+        return None
+    try:
+        with open("/proc/meminfo", encoding="ascii") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def format_bytes(count: float) -> str:
+    """``1536`` → ``'1.5 KiB'``.
+
+    >>> format_bytes(3 * 2**30), format_bytes(512)
+    ('3.0 GiB', '512 B')
+    """
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if count < 1024 or unit == "TiB":
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1024
+    return f"{count:.1f} TiB"
 
 
 def _first_line(exc: BaseException) -> str:

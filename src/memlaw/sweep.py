@@ -458,10 +458,13 @@ def check_device(device: str) -> None:
         )
 
 
-def _init_worker(threads: int) -> None:
-    """Each worker gets its share of the cores, and keeps library noise off the terminal."""
+def _init_worker(threads: int, parent: int | None = None) -> None:
+    """Each worker gets its share of the cores, and keeps library noise off the terminal.
+    With ``parent`` (the driver's pid) it also dies with the driver."""
     import warnings
 
+    if parent is not None:
+        _die_with_parent(parent)
     import torch
     from transformers.utils import logging as hf_logging
 
@@ -471,9 +474,37 @@ def _init_worker(threads: int) -> None:
     hf_logging.disable_progress_bar()
 
 
+def _die_with_parent(parent: int) -> None:
+    """A SIGKILLed driver cannot stop its workers, so each worker watches for itself: on
+    Linux the kernel sends it SIGKILL when the driver goes (PR_SET_PDEATHSIG); everywhere a
+    thread checks twice a second that the driver is still its parent."""
+    import signal
+    import sys
+    import threading
+
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass  # the thread below still watches
+    if os.getppid() != parent:  # the driver died before this worker started
+        os._exit(1)
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="memlaw-parent-watch", daemon=True).start()
+
+
 @dataclass
 class LocalExecutor:
-    """Worker processes on this machine (one per core by default, the cores split evenly)."""
+    """Worker processes on this machine (one per core by default, the cores split evenly).
+    Workers die with the driver, even when it is killed with SIGKILL; when the run stops early
+    (a failed point, an interrupt), the points still running are stopped, not waited for."""
 
     workers: int = field(default_factory=lambda: max(1, os.cpu_count() or 1))
     on_start: Callable[[SweepPoint], None] | None = None
@@ -483,21 +514,47 @@ class LocalExecutor:
         workers = max(1, min(self.workers, len(points)))
         threads = max(1, (os.cpu_count() or 1) // workers)
         context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(
-            workers, mp_context=context, initializer=_init_worker, initargs=(threads,)
-        ) as pool:
-            queue = list(points)
-            running = {}
-            while queue or running:
-                while queue and len(running) < workers:
-                    point = queue.pop(0)
-                    running[pool.submit(run_point, spec, point)] = point
-                    if self.on_start:
-                        self.on_start(point)
-                done, _ = wait(running, return_when=FIRST_COMPLETED)
-                for future in done:
-                    point = running.pop(future)
-                    yield point, future.result()
+        pool = ProcessPoolExecutor(
+            workers, mp_context=context, initializer=_init_worker, initargs=(threads, os.getpid())
+        )
+        finished = False
+        try:
+            yield from self._drive(pool, workers, spec, points)
+            finished = True
+        finally:
+            if not finished:
+                _stop_workers(pool)
+            pool.shutdown(wait=finished, cancel_futures=True)
+
+    def _drive(self, pool, workers: int, spec: SweepSpec, points: list[SweepPoint]):
+        from concurrent.futures.process import BrokenProcessPool
+
+        queue = list(points)
+        running = {}
+        while queue or running:
+            while queue and len(running) < workers:
+                point = queue.pop(0)
+                running[pool.submit(run_point, spec, point)] = point
+                if self.on_start:
+                    self.on_start(point)
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in done:
+                point = running.pop(future)
+                try:
+                    row = future.result()
+                except BrokenProcessPool:
+                    raise MemlawError(
+                        f"a worker process died while running point {point.key} (out of memory, "
+                        "or killed): finished points are saved, rerun the same command to resume"
+                    ) from None
+                yield point, row
+
+
+def _stop_workers(pool: ProcessPoolExecutor) -> None:
+    """Terminate the pool's worker processes (shutdown alone waits for running points)."""
+    for process in list((getattr(pool, "_processes", None) or {}).values()):
+        if process.is_alive():
+            process.terminate()
 
 
 def run_sweep(spec: SweepSpec, store: SweepStore, executor, *, progress: bool = True) -> dict:
