@@ -51,7 +51,8 @@ phonebook-law: install
 # The secondary law: random tokens on v_proj of layer 20, a 150-step budget (about 1 h 40 min).
 VPROJ_GRID := --model smollm2-135m --data random --modules v_proj --ranks 1,2,4,8,16 \
 	--lengths 128,192,256,384 --seeds 0,1 --lr 0.02 --max-steps 150 --plateau-window 25 \
-	--plateau-tolerance 0.01 --batch-size 0 --train-past-certified --plateau-on delta_loss --workers 2
+	--plateau-tolerance 0.01 --batch-size 0 --train-past-certified --plateau-on delta_loss \
+	--anneal-patience 0 --workers 2
 vproj-law: install
 	$(BIN)/memlaw sweep $(VPROJ_GRID) --db laws/smollm2-135m.db
 	$(BIN)/memlaw fit --db laws/smollm2-135m.db --include-capped \

@@ -362,10 +362,11 @@ def train_command(
         "--batch-size",
         help="Items per step (0: the whole set; default: about 6 steps per epoch, 4 to 16 items).",
     ),
-    plateau_window: int = typer.Option(
-        20,
-        "--plateau-window",
-        help="Stop when memorized loss and certified items stop growing over this many epochs (0: never).",
+    anneal_patience: int = typer.Option(
+        10,
+        "--anneal-patience",
+        help="Halve the rate after this many epochs without a 1% better loss (down to lr/8); "
+        "a plateau there ends the run (0: constant rate, no plateau stop).",
     ),
     grad_clip: float = typer.Option(1.0, "--grad-clip", help="Gradient norm clipping."),
     seed: int = typer.Option(0, "--seed", help="Seed: same seed, same losses."),
@@ -420,6 +421,7 @@ def train_command(
         batch_size=batch_size, grad_clip=grad_clip, seed=seed, tau=tau, train_tau=train_tau,
         sft_warmup_steps=sft_warmup_steps, position_decay=position_decay, fallback=fallback,
     )  # fmt: skip
+    check_integer(anneal_patience, "--anneal-patience", low=0)
     layer_indices = _check_lora_args(rank, layers)
     config = TrainConfig(
         method=method,
@@ -436,7 +438,7 @@ def train_command(
         fast_path=fast_path,
         train_tau=train_tau,
         sft_warmup_steps=sft_warmup_steps,
-        plateau_window=plateau_window or None,
+        anneal_patience=anneal_patience or None,
     )
     config.validate()
     lora = LoraSpec(rank=rank, alpha=alpha, dropout=dropout, layers=layer_indices, modules=modules)
@@ -697,11 +699,12 @@ def _demo_rank(model: str, base, tokenizer, encoded) -> int:
 
 def _demo_memorize(model, base, tokenizer, encoded, rank, seed, out: Path, entries: int) -> None:
     from memlaw.adapters import LoraSpec, check_lora_fits
+    from memlaw.recipe import ANNEAL_PATIENCE
     from memlaw.train import TrainConfig, save_run
 
     lora = LoraSpec(rank=rank)
     check_lora_fits(base, lora)
-    config = TrainConfig(method="memft", seed=seed, plateau_window=20)
+    config = TrainConfig(method="memft", seed=seed, anneal_patience=ANNEAL_PATIENCE)
     result = run_training(base, tokenizer, encoded, lora, config, f"memft r={rank}")
     save_run(result, out, overwrite=True, extra={"model": model, "data": f"phonebook:{entries}"})
     report = result.report
@@ -788,6 +791,12 @@ def sweep_command(
         "--stop-at-certified/--train-past-certified",
         help="End a point once every target token has p > 0.5.",
     ),
+    anneal_patience: int = typer.Option(
+        10,
+        "--anneal-patience",
+        help="As memlaw train: halve the rate after this many epochs without progress, down to "
+        "lr/8, and end a point at a plateau there (0: constant rate and --plateau-window).",
+    ),
     plateau_on: str = typer.Option(
         "information",
         "--plateau-on",
@@ -844,6 +853,7 @@ def sweep_command(
         lr=lr, max_steps=max_steps, max_epochs=max_epochs, batch_size=batch_size,
         plateau_window=plateau_window, plateau_tolerance=plateau_tolerance, workers=workers,
     )  # fmt: skip
+    check_integer(anneal_patience, "--anneal-patience", low=0)
     if executor not in ("local", "ray"):
         raise MemlawError(f"unknown --executor '{executor}': use local or ray")
     if address is not None and executor != "ray":
@@ -863,6 +873,7 @@ def sweep_command(
         max_epochs=max_epochs,
         batch_size=batch_size,
         stop_at_certified=stop_at_certified,
+        anneal_patience=anneal_patience or None,
         plateau_on=plateau_on,
         plateau_window=plateau_window,
         plateau_tolerance=plateau_tolerance,

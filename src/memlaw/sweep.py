@@ -42,6 +42,7 @@ LATER_SETTINGS = {
     "max_epochs": None,
     "stop_at_certified": False,
     "plateau_on": "delta_loss",
+    "anneal_patience": None,
 }
 
 
@@ -51,7 +52,8 @@ class SweepSpec:
 
     ``data`` is a generator (``random``: one random-token sequence; ``phonebook``; ``noisy:F``:
     the built-in text with a fraction F of random tokens) or a data file truncated to each ℓ.
-    Points train ``batch_size`` items per step (0: the whole set) and stop at a plateau: over the
+    Points train ``batch_size`` items per step (0: the whole set; None: the default recipe's
+    batch for the set's size, :func:`memlaw.recipe.default_batch_size`) and stop at a plateau: over the
     last ``plateau_window`` epochs the memorized loss (``plateau_on="information"``:
     min(L0, H) − L1 with H the data's information baseline; ``"delta_loss"``: ΔL) grew by less
     than ``plateau_tolerance`` (relative) on the window before and no more items were certified.
@@ -80,10 +82,13 @@ class SweepSpec:
     device: str = "cpu"
     dtype: str = "float32"
     fast_path: bool = True  # False: the plain PEFT forward (the reference; same losses, slower)
-    batch_size: int = 0
+    batch_size: int | None = None  # None: the default recipe's batch for the set's size
     max_epochs: int | None = None
     stop_at_certified: bool = True
     plateau_on: str = "information"
+    # Anneal on plateau (memlaw train's recipe, memlaw.recipe.ANNEAL_PATIENCE); None: a
+    # constant rate and the windowed plateau test.
+    anneal_patience: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("ranks", "lengths", "layer_counts", "seeds", "methods"):
@@ -98,7 +103,7 @@ class SweepSpec:
             raise MemlawError("max_steps and plateau_window must be positive")
         if self.max_epochs is not None and self.max_epochs <= 0:
             raise MemlawError(f"max_epochs must be positive, got {self.max_epochs}")
-        if self.batch_size < 0:
+        if self.batch_size is not None and self.batch_size < 0:
             raise MemlawError(
                 f"batch_size must be 0 (whole set) or positive, got {self.batch_size}"
             )
@@ -219,6 +224,7 @@ def run_point(spec: SweepSpec, point: SweepPoint) -> dict:
     from memlaw.adapters import LoraSpec
     from memlaw.information import memorized_bits
     from memlaw.models import load_model
+    from memlaw.recipe import default_batch_size
     from memlaw.train import TrainConfig, epoch_summaries, train
 
     model, tokenizer = load_model(spec.model, dtype=spec.dtype, device=spec.device)
@@ -231,13 +237,14 @@ def run_point(spec: SweepSpec, point: SweepPoint) -> dict:
         lr=spec.lr,
         steps=spec.max_steps,
         epochs=spec.max_epochs,
-        batch_size=spec.batch_size,
+        batch_size=default_batch_size(len(encoded)) if spec.batch_size is None else spec.batch_size,
         seed=point.seed,
         stop_when_certified=spec.stop_at_certified,
         fast_path=spec.fast_path,
         plateau_window=spec.plateau_window,
         plateau_tolerance=spec.plateau_tolerance,
         information_baseline=baseline.nats_per_token if spec.plateau_on == "information" else None,
+        anneal_patience=spec.anneal_patience,
     )
     started = time.perf_counter()
     result = train(model, tokenizer, encoded, lora, config)

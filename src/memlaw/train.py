@@ -72,6 +72,10 @@ class TrainConfig:
     plateau_tolerance: float = 0.01
     # H, the data's information baseline per token (None: L0, i.e. the plateau is on ΔL).
     information_baseline: float | None = None
+    # Anneal on plateau (memlaw train's recipe): halve the rate after this many epochs without
+    # a 1% better loss, down to lr × anneal_floor; a plateau there ends the run (_Stopper).
+    anneal_patience: int | None = None
+    anneal_floor: float = 1 / 8
 
     def validate(self) -> None:
         objectives.check_settings(self.method, objectives.Settings.of(self))
@@ -87,6 +91,10 @@ class TrainConfig:
             )
         if self.plateau_window is not None and self.plateau_window <= 0:
             raise MemlawError(f"plateau window must be positive, got {self.plateau_window}")
+        if self.anneal_patience is not None and self.anneal_patience <= 0:
+            raise MemlawError(f"anneal patience must be positive, got {self.anneal_patience}")
+        if not 0 < self.anneal_floor <= 1:
+            raise MemlawError(f"anneal floor must be within (0, 1], got {self.anneal_floor}")
         if self.sft_warmup_steps < 0:
             raise MemlawError(f"SFT warm-up steps must be 0 or more, got {self.sft_warmup_steps}")
 
@@ -169,51 +177,21 @@ def train(
     )
     config = replace(config, method=objective.name, train_tau=settings.train_tau)
     pad = tokenizer.pad_token_id
-    threshold = objectives.loss_threshold(config.tau)
-    recipe = default_recipe(len(encoded))
-    wanted = recipe.batch_size if config.batch_size is None else config.batch_size
-    full_batch = wanted <= 0 or wanted >= len(encoded)
-    batch_size = len(encoded) if full_batch else wanted
-    batches_per_epoch = math.ceil(len(encoded) / batch_size)
-    epochs = config.epochs or (None if config.steps else recipe.max_epochs)
-    total_steps = epochs * batches_per_epoch if epochs else config.steps
-    total_epochs = math.ceil(total_steps / batches_per_epoch)
-    boundaries = config.curriculum_boundaries or objectives.default_boundaries(total_epochs)
-
+    budget = _Budget.of(config, len(encoded))
     base_loss = mean_target_loss(teacher_forced(model, encoded, pad))
     torch.manual_seed(config.seed)
-    order_rng = random.Random(config.seed)
-    layers = lora.resolved_layers(model)
-    model = attach_lora(model, lora, seed=config.seed)
     started = time.perf_counter()  # the fast path's one-off caching counts as training time
-    forward, forward_note = choose_forward(model, encoded, pad, min(layers), fast=config.fast_path)
-    model.train()
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    device = next(model.parameters()).device
-    window_state = objectives.SlidingWindowState.initial(len(encoded), device)  # beside the losses
-    curriculum_order = order_rng.sample(range(len(encoded)), len(encoded))
-    certified_now = [False] * len(encoded)  # per item, from its latest forward pass
+    model, forward, params, optimizer, notes = _prepare(model, encoded, pad, lora, config)
+    notes |= {"budget": budget, "requested": requested, "encoded": encoded}
+    stopper = _Stopper(config, optimizer, base_loss)
+    step_state = _StepState(objective, settings, len(encoded), next(model.parameters()).device)
+    certificates = _Certificates(model, encoded, pad, config, budget.full_batch)
     last_good = _snapshot(params)
     log: list[StepLog] = []
     token_probabilities: list[tuple[list[int], list[list[float]]]] = []
     stop_reason = "budget"
-
-    epoch_batches: list[list[int]] = []
-    for step in range(total_steps):
-        epoch = step // batches_per_epoch
-        if step % batches_per_epoch == 0:
-            pool = list(range(len(encoded)))
-            if objective.curriculum:
-                pool = objectives.curriculum_items(curriculum_order, epoch, boundaries)
-            if not full_batch:
-                order_rng.shuffle(pool)
-            epoch_batches = [pool[i : i + batch_size] for i in range(0, len(pool), batch_size)]
-        if step % batches_per_epoch >= len(epoch_batches):
-            continue  # a shorter curriculum epoch: nothing left in it
-        batch_items = epoch_batches[step % batches_per_epoch]
+    for step, epoch, batch_items in budget.batches(config.seed, objective.curriculum, config):
         tick = time.perf_counter()
-
         losses = forward(batch_items)
         nll, mask = losses.nll, losses.mask
         plain = objectives.sft_loss(nll, mask)
@@ -222,46 +200,15 @@ def train(
             stop_reason = "non-finite loss"
             break
         last_good = _snapshot(params)
-
-        above = mask & (nll.detach() < threshold)
-        item_certified = (above | ~mask).all(dim=1).tolist()
-        item_exact = (~(losses.wrong & mask)).all(dim=1)
-        for item, ok in zip(batch_items, item_certified, strict=False):
-            certified_now[item] = ok
-        if (
-            config.stop_when_certified
-            and all(certified_now)
-            and _confirm_certified(
-                model, encoded, pad, threshold, full_batch and len(batch_items) == len(encoded)
-            )
-        ):
+        above, item_certified = certificates.update(batch_items, nll, mask)
+        if config.stop_when_certified and certificates.all_certified(batch_items):
             stop_reason = "certified"
             break
-
         if config.record_token_probabilities:
-            p = torch.exp(-nll.detach())
-            token_probabilities.append(
-                (list(batch_items), [p[i][mask[i]].tolist() for i in range(len(batch_items))])
-            )
-
-        current = objectives.OBJECTIVES["sft"] if step < config.sft_warmup_steps else objective
-        window = None
-        if current.window:
-            item_index = torch.tensor(batch_items, device=device)
-            window = window_state.select(item_index)
-        taken = objectives.objective_step(
-            current, settings, nll, mask, wrong=losses.wrong, state=window
-        )
-        if current.window:
-            window_state = window_state.update(item_index, taken.state)
-        skipped = taken.skipped
-
-        grad_norm = None
-        if not skipped:
-            optimizer.zero_grad(set_to_none=True)
-            taken.loss.backward()
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, config.grad_clip))
-            optimizer.step()
+            token_probabilities.append(_probabilities(batch_items, nll, mask))
+        sft_now = step < config.sft_warmup_steps
+        taken = step_state.objective_step(batch_items, nll, mask, losses.wrong, sft_now)
+        grad_norm = None if taken.skipped else _update(optimizer, params, taken.loss, config)
         entry = StepLog(
             step=step + 1,
             loss=float(plain.detach()),
@@ -269,8 +216,8 @@ def train(
             active_tokens=taken.active,
             above_share=float(above.sum()) / max(int(mask.sum()), 1),
             certified_items=sum(item_certified),
-            exact_items=int(item_exact.sum()),
-            skipped=skipped,
+            exact_items=int((~(losses.wrong & mask)).all(dim=1).sum()),
+            skipped=taken.skipped,
             grad_norm=grad_norm,
             seconds=time.perf_counter() - tick,
             epoch=epoch + 1,
@@ -278,46 +225,180 @@ def train(
         )
         log.append(entry)
         if on_step is not None:
-            on_step(entry, total_steps)
-        epoch_ends = (step + 1) % batches_per_epoch == 0
-        ceiling = base_loss
-        if config.information_baseline is not None:
-            ceiling = min(base_loss, config.information_baseline)
-        if (
-            config.plateau_window
-            and epoch_ends
-            and _plateaued(log, ceiling, config.plateau_window, config.plateau_tolerance)
-        ):
+            on_step(entry, budget.total_steps)
+        if budget.epoch_ends(step) and stopper.plateaued(log):
             stop_reason = "plateau"
             break
 
-    train_seconds = time.perf_counter() - started
+    seconds = time.perf_counter() - started
     model.eval()
-    result = TrainResult(
-        model=model,
-        log=log,
-        stop_reason=stop_reason,
-        steps=len(log),
-        base_loss=base_loss,
-        train_seconds=train_seconds,
-        n_eff=lora.n_eff(model.get_base_model()),
-        trainable_params=trainable_parameters(model),
-        config={
-            **asdict(config),
-            "batch_size": batch_size,  # as resolved from the recipe when not given
-            "total_steps": total_steps,
-            "requested_method": requested.name,
-            "objective": requested.description,
-            "lora": asdict(lora) | {"layers": list(layers)},
-            "forward": forward_note,
-            "length": target_length(encoded),
-            "items": len(encoded),
-        },
-        token_probabilities=token_probabilities,
-    )
+    n_eff, count = lora.n_eff(model.get_base_model()), trainable_parameters(model)
+    result = TrainResult(model, log, stop_reason, len(log), base_loss, seconds, n_eff, count)
+    result.config = _run_config(config, **notes)
+    result.token_probabilities = token_probabilities
     if final_probe:
         result.report = probe(model, tokenizer, encoded, tau=config.tau, base_loss=base_loss)
     return result
+
+
+def _prepare(model, encoded, pad: int, lora: LoraSpec, config: TrainConfig):
+    """Attach the adapter, choose the forward (fast path or PEFT's) and build the optimizer."""
+    layers = lora.resolved_layers(model)
+    model = attach_lora(model, lora, seed=config.seed)
+    forward, note = choose_forward(model, encoded, pad, min(layers), fast=config.fast_path)
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    notes = {"optimizer": optimizer, "lora": lora, "layers": layers, "forward": note}
+    return model, forward, params, optimizer, notes
+
+
+def _run_config(
+    config: TrainConfig, *, budget, optimizer, requested, lora, layers, forward, encoded
+) -> dict:
+    """What the record says of how the run was trained, as resolved (recipe, objective)."""
+    return {
+        **asdict(config),
+        "batch_size": budget.batch_size,  # as resolved from the recipe when not given
+        "total_steps": budget.total_steps,
+        "final_lr": optimizer.param_groups[0]["lr"],
+        "requested_method": requested.name,
+        "objective": requested.description,
+        "lora": asdict(lora) | {"layers": list(layers)},
+        "forward": forward,
+        "length": target_length(encoded),
+        "items": len(encoded),
+    }
+
+
+def _probabilities(batch_items: list[int], nll, mask) -> tuple[list[int], list[list[float]]]:
+    """p of each supervised token of each item of the batch, in target order."""
+    p = torch.exp(-nll.detach())
+    return list(batch_items), [p[i][mask[i]].tolist() for i in range(len(batch_items))]
+
+
+@dataclass(frozen=True)
+class _Budget:
+    """Batches per step and per epoch, and the step budget, from the config and the recipe."""
+
+    n_items: int
+    batch_size: int
+    full_batch: bool
+    batches_per_epoch: int
+    total_steps: int
+    total_epochs: int
+
+    @classmethod
+    def of(cls, config: TrainConfig, n_items: int) -> _Budget:
+        recipe = default_recipe(n_items)
+        wanted = recipe.batch_size if config.batch_size is None else config.batch_size
+        full_batch = wanted <= 0 or wanted >= n_items
+        batch_size = n_items if full_batch else wanted
+        per_epoch = math.ceil(n_items / batch_size)
+        epochs = config.epochs or (None if config.steps else recipe.max_epochs)
+        total = epochs * per_epoch if epochs else config.steps
+        return cls(n_items, batch_size, full_batch, per_epoch, total, math.ceil(total / per_epoch))
+
+    def epoch_ends(self, step: int) -> bool:
+        return (step + 1) % self.batches_per_epoch == 0
+
+    def batches(self, seed: int, curriculum: bool, config: TrainConfig):
+        """(step, epoch, items) for every step: items shuffled per epoch (one seeded order),
+        the curriculum's growing prefix of a fixed random order when it is on."""
+        order_rng = random.Random(seed)
+        boundaries = config.curriculum_boundaries or objectives.default_boundaries(
+            self.total_epochs
+        )
+        everything = list(range(self.n_items))
+        curriculum_order = order_rng.sample(everything, len(everything))
+        epoch_batches: list[list[int]] = []
+        for step in range(self.total_steps):
+            epoch = step // self.batches_per_epoch
+            if step % self.batches_per_epoch == 0:
+                pool = list(everything)
+                if curriculum:
+                    pool = objectives.curriculum_items(curriculum_order, epoch, boundaries)
+                if not self.full_batch:
+                    order_rng.shuffle(pool)
+                size = self.batch_size
+                epoch_batches = [pool[i : i + size] for i in range(0, len(pool), size)]
+            if step % self.batches_per_epoch < len(epoch_batches):  # a short curriculum epoch
+                yield step, epoch, epoch_batches[step % self.batches_per_epoch]
+
+
+class _StepState:
+    """The objective of each step, with the sliding window's per-item state beside it."""
+
+    def __init__(self, objective, settings, n_items: int, device) -> None:
+        self.objective, self.settings = objective, settings
+        self.window_state = objectives.SlidingWindowState.initial(n_items, device)
+
+    def objective_step(self, batch_items, nll, mask, wrong, sft_now: bool):
+        current = objectives.OBJECTIVES["sft"] if sft_now else self.objective
+        window, item_index = None, None
+        if current.window:
+            item_index = torch.tensor(batch_items, device=nll.device)
+            window = self.window_state.select(item_index)
+        taken = objectives.objective_step(
+            current, self.settings, nll, mask, wrong=wrong, state=window
+        )
+        if current.window:
+            self.window_state = self.window_state.update(item_index, taken.state)
+        return taken
+
+
+def _update(optimizer, params: list[torch.Tensor], loss: torch.Tensor, config) -> float:
+    """One AdamW step with gradient clipping; returns the gradient norm before clipping."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    grad_norm = float(torch.nn.utils.clip_grad_norm_(params, config.grad_clip))
+    optimizer.step()
+    return grad_norm
+
+
+class _Stopper:
+    """When a run has plateaued, asked at each epoch's end.
+
+    With ``anneal_patience`` (memlaw train's default), the learning rate is halved whenever
+    the epoch's loss has not improved by 1% (relative) for that many epochs
+    (``torch.optim.lr_scheduler.ReduceLROnPlateau``), down to ``lr × anneal_floor``; the run
+    has plateaued when it fails to improve for that long at the floor. A constant rate keeps
+    knocking memorized tokens back below p = 0.5 near the end (a rank-8 run on PB1000 reached
+    98 of 100 items certified, then fell back to 69); annealing lets them settle. Otherwise,
+    with ``plateau_window``, the windowed test of :func:`_plateaued`.
+    """
+
+    def __init__(self, config: TrainConfig, optimizer, base_loss: float) -> None:
+        self.config = config
+        self.ceiling = base_loss
+        if config.information_baseline is not None:
+            self.ceiling = min(base_loss, config.information_baseline)
+        self.scheduler = None
+        if config.anneal_patience:
+            self.floor = config.lr * config.anneal_floor
+            self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+                optimizer,
+                mode="min",
+                factor=0.5,
+                patience=config.anneal_patience,
+                threshold=0.01,
+                threshold_mode="rel",
+                min_lr=self.floor,
+            )
+
+    def plateaued(self, log: list[StepLog]) -> bool:
+        if self.scheduler is None:
+            window = self.config.plateau_window
+            return bool(window) and _plateaued(
+                log, self.ceiling, window, self.config.plateau_tolerance
+            )
+        loss = epoch_summaries(log)[-1][0]
+        at_floor = self.scheduler.get_last_lr()[0] <= self.floor * (1 + 1e-9)
+        best = self.scheduler.best
+        self.scheduler.step(loss)
+        improved = self.scheduler.best != best  # it moves only on a 1% better loss
+        # At the floor, a reduction it cannot make resets the count: no progress for too long.
+        return at_floor and not improved and self.scheduler.num_bad_epochs == 0
 
 
 def epoch_summaries(log: list[StepLog]) -> list[tuple[float, int]]:
@@ -360,12 +441,31 @@ def _restore(params: list[torch.Tensor], saved: list[torch.Tensor]) -> None:
         p.copy_(s)
 
 
-def _confirm_certified(model, encoded, pad, threshold: float, seen_whole_set: bool) -> bool:
-    """All items looked certified in their latest forward; confirm with the current weights
-    unless that forward covered the whole set with these very weights."""
-    if seen_whole_set:
-        return True
-    return all(all(x < threshold for x in s.nll) for s in teacher_forced(model, encoded, pad))
+class _Certificates:
+    """Which items are certified (every target token p > τ), each from its latest forward."""
+
+    def __init__(self, model, encoded, pad: int, config: TrainConfig, full_batch: bool) -> None:
+        self.model, self.encoded, self.pad, self.full_batch = model, encoded, pad, full_batch
+        self.threshold = objectives.loss_threshold(config.tau)
+        self.now = [False] * len(encoded)
+
+    def update(self, batch_items: list[int], nll, mask):
+        """The batch's tokens above the boundary, and its items' certificates."""
+        above = mask & (nll.detach() < self.threshold)
+        item_certified = (above | ~mask).all(dim=1).tolist()
+        for item, ok in zip(batch_items, item_certified, strict=False):
+            self.now[item] = ok
+        return above, item_certified
+
+    def all_certified(self, batch_items: list[int]) -> bool:
+        """Every item looked certified in its latest forward; confirmed with the current
+        weights unless that forward covered the whole set with these very weights."""
+        if not all(self.now):
+            return False
+        if self.full_batch and len(batch_items) == len(self.encoded):
+            return True
+        scores = teacher_forced(self.model, self.encoded, self.pad)
+        return all(all(x < self.threshold for x in s.nll) for s in scores)
 
 
 def save_run(

@@ -1,0 +1,48 @@
+"""The default recipe: batch size by set size, the epoch cap, and annealing on plateau."""
+
+import pytest
+
+from memlaw.adapters import LoraSpec
+from memlaw.data import encode_items, generate_phonebook, generate_random_tokens
+from memlaw.models import load_model
+from memlaw.recipe import ANNEAL_FLOOR, MAX_EPOCHS, default_batch_size, default_recipe
+from memlaw.train import TrainConfig, train
+
+
+@pytest.mark.parametrize("items, batch", [(1, 1), (3, 3), (4, 4), (30, 5), (60, 10), (500, 16)])
+def test_batch_size_keeps_about_six_updates_per_epoch(items, batch):
+    assert default_batch_size(items) == batch
+    assert default_recipe(items).batch_size == batch
+
+
+def test_train_without_a_budget_uses_the_recipe():
+    model, tokenizer = load_model("tiny")
+    encoded = encode_items(generate_phonebook(30, seed=1), tokenizer)
+    run = train(model, tokenizer, encoded, LoraSpec(rank=1), TrainConfig(epochs=1))
+    assert run.config["batch_size"] == default_batch_size(30)
+    assert run.steps == 6  # ⌈30 / 5⌉ batches in the one epoch
+    model, tokenizer = load_model("tiny")
+    budget = train(
+        model, tokenizer, encoded[:4], LoraSpec(rank=1), TrainConfig(), final_probe=False
+    )
+    assert budget.config["total_steps"] == MAX_EPOCHS  # one batch of 4 per epoch
+
+
+def test_annealing_halves_the_rate_to_its_floor_then_stops_at_the_plateau():
+    model, tokenizer = load_model("tiny")
+    # far more random tokens than a rank-1 adapter on a 4-layer model can hold
+    encoded = encode_items(generate_random_tokens(tokenizer, 256, seed=0), tokenizer)
+    config = TrainConfig(method="sft", lr=1e-2, epochs=300, anneal_patience=3, seed=0)
+    run = train(model, tokenizer, encoded, LoraSpec(rank=1), config, final_probe=False)
+    assert run.stop_reason == "plateau"
+    assert run.config["final_lr"] == pytest.approx(1e-2 * ANNEAL_FLOOR)
+    assert run.steps < 300
+
+
+def test_a_constant_rate_without_a_plateau_test_trains_the_whole_budget():
+    model, tokenizer = load_model("tiny")
+    encoded = encode_items(generate_random_tokens(tokenizer, 64, seed=0), tokenizer)
+    config = TrainConfig(method="sft", epochs=30, seed=0)
+    run = train(model, tokenizer, encoded, LoraSpec(rank=1), config, final_probe=False)
+    assert run.stop_reason == "budget" and run.steps == 30
+    assert run.config["final_lr"] == pytest.approx(1e-2)
