@@ -1,473 +1,407 @@
-"""Rank planning from the law, on synthetic sweep rows drawn from a known law (no training)."""
+"""Planning a rank from a law (memlaw.plan): the smallest certifying rank and what a rank holds,
+on synthetic laws whose recall boundary is known; refusals; the train command; the figure."""
 
+from __future__ import annotations
+
+import doctest
+import json
 import math
+import warnings
 
 import numpy as np
 import pytest
 
+import memlaw.figures as figures_module
+import memlaw.plan as plan_module
 from memlaw.errors import MemlawError
-from memlaw.law import MemoryLaw
+from memlaw.figures import plot_plan
+from memlaw.law import LawPoint, MemoryLaw
 from memlaw.plan import (
     DEFAULT_RANKS,
-    RECALL_LOSS,
+    MemorySet,
     PlanResult,
-    boundary_n_eff,
-    describe_law,
-    fit_sweep,
-    format_plan_table,
+    measure_memory_set,
     plan,
-    plot_plan,
-    recall_boundary,
+    train_command,
 )
 
-TRUTH = {"C": 2.0, "alpha": 0.35, "beta": 0.45, "b": 0.05}
-RANKS = (1, 2, 4, 8, 16, 32, 64)
-LENGTHS = (64, 128, 256, 512, 1024)
-SEEDS = (0, 1)
+H = math.log(10)
+L0 = 3.4
+SATURATING = {"C": 900.0, "alpha": 0.6, "beta": 1.0, "b": 0.0}
+LENGTHS = (250, 500, 1000, 2000)
+FIT_RANKS = (1, 2, 4, 8, 16)
+# The recall boundary N*(ℓ) = A · ℓ^k with A = 0.004, k = 1, as a fit stores it (A through its
+# logarithm, so A · ℓ lands a hair off whole numbers): N*(1000) = 4. Its bootstrap draws: half
+# at A = 0.002, half at A = 0.008, so N*(1000)'s 95% interval is [2, 8].
+A, K, SLOPE = math.exp(math.log(0.004)), 1.0, 4.0
+RECALL = {
+    "boundary": {
+        "a": -SLOPE * math.log(A),
+        "b": SLOPE,
+        "c": SLOPE * K,
+        "k": K,
+        "A": A,
+        "draws": [[K, math.log(0.002)]] * 50 + [[K, math.log(0.008)]] * 50,
+    },
+}
+FACTS = MemorySet(length=1000, base_loss=L0, info_baseline=H, kind="facts", items=100)
 
 
-def true_delta(n_eff, length):
-    return TRUTH["C"] * n_eff ** TRUTH["alpha"] * length ** -TRUTH["beta"] + TRUTH["b"]
-
-
-def recalls(n_eff, length):
-    """The synthetic recall rule: full recall once N_eff ≥ 0.05 · ℓ^0.8."""
-    return n_eff >= 0.05 * length**0.8
-
-
-def row(rank, length, *, seed=0, layers=1, method="sft", delta=None, hit_cap=False, em=None):
-    n_eff = rank * layers
-    delta = true_delta(n_eff, length) if delta is None else delta
-    base = 10.0
-    return {
-        "key": f"r{rank}-l{length}-n{layers}-{method}-s{seed}",
-        "rank": rank,
-        "length": length,
-        "layers": layers,
-        "method": method,
-        "seed": seed,
-        "n_eff": n_eff,
-        "trainable_params": 1536 * n_eff,
-        "base_loss": base,
-        "final_loss": base - delta,
-        "delta_loss": delta,
-        "exact_match": (1.0 if recalls(n_eff, length) else 0.5) if em is None else em,
-        "certified_share": 1.0,
-        "steps": 600 if hit_cap else 200,
-        "stop_reason": "budget" if hit_cap else "plateau",
-        "hit_cap": hit_cap,
-        "train_seconds": 1.0,
-        "wall_seconds": 1.0,
-        "record": {"config": {}, "losses": [], "probabilities": []},
-        "finished_at": 0.0,
-    }
-
-
-def sweep_rows():
-    """Two seeds whose ΔL differ by ±0.01 around the law: their mean is the law exactly."""
-    return [
-        row(rank, length, seed=seed, delta=true_delta(rank, length) + (0.01 if seed else -0.01))
-        for seed in SEEDS
-        for length in LENGTHS
-        for rank in RANKS
-    ]
-
-
-def truth_law(metadata=None):
+def make_law(*, form: str = "saturating", params=None, recall=RECALL, **metadata) -> MemoryLaw:
+    """A law as memlaw fit saves it: fitted on ranks 1–16 × ℓ 250–2000 of key→value facts."""
+    meta = {"model": "tiny", "modules": "mlp", "data_kind": "facts", "method": "sft"}
+    if recall is not None:
+        meta["recall"] = recall
+    points = [
+        LawPoint(r, n, 1.0, rank=r, layers=1, trainable_params=1000 * r, base_loss=L0,
+                 info_baseline=H).to_dict()
+        for r in FIT_RANKS
+        for n in LENGTHS
+    ]  # fmt: skip
     return MemoryLaw.from_dict(
-        {"format": "memlaw.law/1", "form": "full", "params": TRUTH, "metadata": metadata or {}}
+        {
+            "format": "memlaw.law/1",
+            "form": form,
+            "params": params or SATURATING,
+            "reference_set": {"base_loss": L0, "ceiling": H} if form == "saturating" else None,
+            "metadata": meta | metadata,
+            "points": points,
+        }
     )
 
 
-@pytest.fixture(scope="module")
-def fitted():
-    return fit_sweep(sweep_rows(), metadata={"model": "tiny", "data": "random"}, n_bootstrap=8)
+def everything_said(result: PlanResult) -> str:
+    """Every word a plan can show: its record, its table and its notes."""
+    return json.dumps(result.to_dict(), ensure_ascii=False) + json.dumps(
+        result.table(), ensure_ascii=False
+    )
 
 
-# --- fit_sweep --------------------------------------------------------------------------------
-
-
-def test_fit_sweep_recovers_the_law(fitted):
-    law = fitted["law"]
-    for name, value in TRUTH.items():
-        assert getattr(law, f"{name}_") == pytest.approx(value, rel=1e-3, abs=1e-4)
-    assert law.n_points_ == len(RANKS) * len(LENGTHS)  # seeds averaged into one point
-    assert law.r2_ > 0.999
-    assert fitted["excluded_capped"] == 0
-    assert sorted(law.intervals_) == ["C", "alpha", "b", "beta"]
-
-
-def test_fit_sweep_runs_the_checks_and_stores_them(fitted):
-    law = fitted["law"]
-    assert {row["form"] for row in fitted["forms"]} >= {"full", "no-offset"}
-    assert fitted["holdout"]["max_relative_error"] < 1e-3
-    meta = law.metadata_
-    assert meta["model"] == "tiny" and meta["data"] == "random"
-    assert meta["method"] == "sft" and meta["seeds"] == [0, 1]
-    assert meta["recall_boundary"] == fitted["boundary"]
-    assert meta["holdout"]["n_held_out"] == fitted["holdout"]["n_held_out"]
-    assert "law" not in meta["holdout"]
-    assert meta["forms"] == fitted["forms"]
-
-
-def test_fit_sweep_capacity_per_point(fitted):
-    info = fitted["capacity"]
-    assert len(info) == len(RANKS) * len(LENGTHS)
-    point = next(p for p in info if p["n_eff"] == 8 and p["length"] == 256)
-    nats = true_delta(8, 256) * 256
-    assert point["nats"] == pytest.approx(nats)
-    assert point["bits"] == pytest.approx(nats / math.log(2))
-    assert point["bits_per_param"] == pytest.approx(nats / math.log(2) / (1536 * 8))
-
-
-def test_capped_rows_are_excluded_and_counted():
-    # Not-converged rows with a far lower ΔL would drag the fit down if they were used.
-    capped = [row(r, 2048, delta=1e-3, hit_cap=True) for r in (1, 4, 16)]
-    result = fit_sweep(sweep_rows() + capped, metadata={}, n_bootstrap=0)
-    assert result["excluded_capped"] == 3
-    assert result["law"].metadata_["excluded_capped"] == 3
-    assert result["law"].alpha_ == pytest.approx(TRUTH["alpha"], rel=1e-3)
-    assert max(p.length for p in result["law"].points_) == 1024
-
-    included = fit_sweep(sweep_rows() + capped, metadata={}, include_capped=True, n_bootstrap=0)
-    assert included["excluded_capped"] == 0
-    assert included["law"].n_points_ == len(RANKS) * len(LENGTHS) + 3
-
-
-def test_all_rows_capped_is_an_error():
-    rows = [row(r, 64, hit_cap=True) for r in RANKS]
-    with pytest.raises(MemlawError, match="include_capped"):
-        fit_sweep(rows, metadata={}, n_bootstrap=0)
-
-
-def test_fit_sweep_wants_one_method():
-    rows = sweep_rows() + [row(4, 64, method="memft-ot")]
-    with pytest.raises(MemlawError, match="one method"):
-        fit_sweep(rows, metadata={}, n_bootstrap=0)
-    with pytest.raises(MemlawError, match="one method"):
-        recall_boundary(rows)
-    with pytest.raises(MemlawError, match="metadata says method"):
-        fit_sweep(sweep_rows(), metadata={"method": "memft-ot"}, n_bootstrap=0)
-
-
-def test_fit_sweep_bad_rows():
-    with pytest.raises(MemlawError, match="no sweep rows"):
-        fit_sweep([], metadata={})
-    with pytest.raises(MemlawError, match="lacks"):
-        fit_sweep([{"rank": 1}], metadata={})
-    with pytest.raises(MemlawError, match="not a single row"):
-        fit_sweep(row(1, 64), metadata={})
-    bad = sweep_rows()
-    bad[3]["delta_loss"] = None
-    with pytest.raises(MemlawError, match=r"r8-l64-n1-sft-s0 has delta_loss=None"):
-        fit_sweep(bad, metadata={})
-    with pytest.raises(MemlawError, match="metadata must be a dict"):
-        fit_sweep(sweep_rows(), metadata=None)
-
-
-def test_checks_that_cannot_run_are_recorded_not_fatal():
-    # 3 ranks × 2 lengths: enough for the law, too few for a fit on the non-held-out corner.
-    rows = [row(r, length) for r in (1, 4, 16) for length in (64, 512)]
-    result = fit_sweep(rows, metadata={}, n_bootstrap=0)
-    assert "error" in result["holdout"]
-    assert "error" in result["law"].metadata_["holdout"]
-
-
-# --- the recall boundary ----------------------------------------------------------------------
-
-
-def test_recall_boundary_per_length():
-    boundary = recall_boundary(sweep_rows())
-    expected = {n: min(r for r in RANKS if recalls(r, n)) for n in LENGTHS}
-    assert {p["length"]: p["n_eff"] for p in boundary["points"]} == expected
-    assert all(p["exact_match"] == 1.0 for p in boundary["points"])
-    assert boundary["threshold"] == 0.99
-
-
-def test_recall_boundary_curve_is_a_loglog_line():
-    boundary = recall_boundary(sweep_rows())
-    curve = boundary["curve"]
-    found = {n: min(r for r in RANKS if recalls(r, n)) for n in LENGTHS}
-    slope, intercept = np.polyfit(np.log(list(found)), np.log(list(found.values())), 1)
-    assert curve["k"] == pytest.approx(slope)
-    assert curve["a"] == pytest.approx(math.exp(intercept))
-    # Grid rounding aside, the curve follows the rule N* = 0.05 · ℓ^0.8.
-    assert 0.6 < curve["k"] < 1.0
-    assert curve["n_points"] == len(LENGTHS) and curve["lengths"] == [64, 1024]
-    assert boundary_n_eff(boundary, 512) == pytest.approx(curve["a"] * 512 ** curve["k"])
-
-
-def test_recall_boundary_none_and_no_curve():
-    rows = [row(r, 64) for r in RANKS] + [row(r, 4096, em=0.5) for r in RANKS]
-    boundary = recall_boundary(rows)
-    by_length = {p["length"]: p for p in boundary["points"]}
-    assert by_length[4096]["n_eff"] is None and by_length[4096]["max_n_eff"] == 64
-    assert boundary["curve"] is None and "at least 2" in boundary["note"]
-    assert boundary_n_eff(boundary, 100) is None
-
-
-def test_recall_boundary_averages_seeds():
-    # One seed recalls at rank 2, the other only at 4: the mean reaches 1.0 at rank 4.
-    rows = [row(1, 64, seed=s, em=0.5) for s in SEEDS]
-    rows += [row(2, 64, seed=0, em=1.0), row(2, 64, seed=1, em=0.9)]
-    rows += [row(4, 64, seed=s, em=1.0) for s in SEEDS]
-    assert recall_boundary(rows)["points"][0]["n_eff"] == 4
-    assert recall_boundary(rows, threshold=0.95)["points"][0]["n_eff"] == 2
-
-
-@pytest.mark.parametrize("threshold", [0, 1.5, -0.1, True, "0.9"])
-def test_recall_boundary_bad_threshold(threshold):
-    with pytest.raises(MemlawError, match="threshold"):
-        recall_boundary(sweep_rows(), threshold=threshold)
-
-
-def test_boundary_n_eff_bad_input():
-    with pytest.raises(MemlawError, match="length"):
-        boundary_n_eff({"curve": {"a": 1.0, "k": 1.0}}, 0)
-    with pytest.raises(MemlawError, match="malformed"):
-        boundary_n_eff({"curve": {"a": 1.0}}, 10)
-
-
-# --- plan -------------------------------------------------------------------------------------
-
-
-def expected_diminishing(length, min_gain, *, base_loss=None, layers=1, ranks=DEFAULT_RANKS):
-    """The stated rule, from the formula: first r with (ΔL(2r) − ΔL(r)) / r < min_gain."""
-
-    def reach(n):
-        delta = true_delta(n, length)
-        return delta if base_loss is None else min(delta, base_loss)
-
-    for r in ranks:
-        if (reach(2 * r * layers) - reach(r * layers)) / r < min_gain:
-            return r
-    return None
+# --- the smallest rank that certifies ---------------------------------------------------------
 
 
 @pytest.mark.parametrize(
-    ("length", "min_gain", "base_loss", "layers"),
-    [(64, 0.05, None, 1), (64, 0.01, None, 1), (32, 0.02, 0.9, 1), (100, 0.01, None, 4)],
+    ("length", "layers", "rank"),
+    [(250, 1, 1), (500, 1, 2), (1000, 1, 4), (1500, 1, 6), (2000, 1, 8), (1500, 2, 3), (700, 1, 3)],
 )
-def test_diminishing_rank_follows_the_rule(length, min_gain, base_loss, layers):
-    result = plan(truth_law(), length, min_gain=min_gain, base_loss=base_loss, layers=layers)
-    expected = expected_diminishing(length, min_gain, base_loss=base_loss, layers=layers)
-    assert expected is not None
-    assert result.diminishing_rank == expected
+def test_smallest_certifying_rank_on_a_known_boundary(length, layers, rank):
+    memory = MemorySet(length=length, base_loss=L0, info_baseline=H, kind="facts")
+    result = plan(make_law(), memory, layers=layers)
+    assert result.certifying_n_eff == pytest.approx(0.004 * length)
+    assert result.certifying_rank == rank
+    ranks = [row["rank"] for row in result.rows]
+    assert rank in ranks and ranks == sorted(set(ranks))  # the answer is in the table
+    assert set(DEFAULT_RANKS) <= set(ranks)
+    for row in result.rows:
+        # The recall law's share crosses ½ exactly at the certifying rank, and no lower rank
+        # certifies.
+        assert row["certifies"] == (row["rank"] >= rank)
+        if row["rank"] < rank:
+            assert row["certified_share"] < 0.5
+        else:
+            assert row["certified_share"] >= 0.5 - 1e-9
 
 
-def test_diminishing_rank_counts_only_reachable_gain():
-    # With L0 = 0.9 the law saturates between rank 4 and 8: the doubling 8 → 16 gains nothing.
-    capped = plan(truth_law(), 32, min_gain=0.02, base_loss=0.9)
-    free = plan(truth_law(), 32, min_gain=0.02)
-    assert (capped.diminishing_rank, free.diminishing_rank) == (8, 16)
+def test_certifying_rank_interval_from_the_bootstrap_draws():
+    result = plan(make_law(), FACTS)
+    assert result.certifying_rank == 4
+    assert result.certifying_rank_range == (2, 8)
+    assert plan(make_law(), FACTS, layers=2).certifying_rank_range == (1, 4)
+    # Without draws the interval collapses onto the point estimate.
+    bare = {"boundary": {k: v for k, v in RECALL["boundary"].items() if k != "draws"}}
+    assert plan(make_law(recall=bare), FACTS).certifying_rank_range == (4, 4)
 
 
-def test_gain_per_doubling_grows_on_a_power_law():
-    # Why the rule is per added rank: a whole doubling buys more nats the larger the rank.
-    gains = [row["gain_nats"] for row in plan(truth_law(), 64).rows]
-    assert gains == sorted(gains)
+# --- how much a rank holds --------------------------------------------------------------------
 
 
-def test_plan_rows_match_the_law():
-    result = plan(truth_law(), 500, base_loss=3.0, ranks=(4, 1, 2, 2))
-    assert [row["rank"] for row in result.rows] == [1, 2, 4]  # sorted, deduplicated
-    for row_ in result.rows:
-        r = row_["rank"]
-        delta, doubled = true_delta(r, 500), true_delta(2 * r, 500)
-        assert row_["predicted_delta"] == pytest.approx(delta)
-        assert row_["predicted_final"] == pytest.approx(3.0 - delta)
-        assert row_["gain_nats"] == pytest.approx(doubled - delta)
-        assert row_["gain_percent"] == pytest.approx(100 * (doubled - delta) / delta)
-        assert not row_["saturated"]
+def test_how_much_a_rank_holds():
+    result = plan(make_law(), FACTS, current_rank=2)
+    holds = result.holds
+    assert holds["rank"] == 2 and holds["n_eff"] == 2
+    assert holds["certified_length"] == pytest.approx(500)  # ℓ*(N) = N / A
+    assert holds["certified_length_range"] == pytest.approx((250, 1000))
+    row = next(r for r in result.rows if r["rank"] == 2)
+    assert holds["on_this_set"] == row
+    assert not row["certifies"] and row["memorized_bits"] > 0
+    # Without a rank asked about, the answer is for the certifying rank.
+    assert plan(make_law(), FACTS).holds["rank"] == 4
+    assert plan(make_law(), FACTS, layers=2, current_rank=3).holds["certified_length"] == (
+        pytest.approx(1500)
+    )
 
 
-def test_saturation_is_flagged_and_clipped():
-    result = plan(truth_law(), 64, base_loss=0.5, ranks=(1, 8))
-    low, high = result.rows
-    assert not low["saturated"] and high["saturated"]
-    assert high["predicted_final"] == 0.0 and high["gain_nats"] == 0.0
-    assert any("past full memorization" in note for note in result.notes)
+def test_a_rank_off_the_grid_is_planned_too():
+    result = plan(make_law(), FACTS, ranks=(1, 2), current_rank=3)
+    assert [row["rank"] for row in result.rows] == [1, 2, 4]  # + the certifying rank
+    assert result.holds["rank"] == 3 and result.holds["on_this_set"]["n_eff"] == 3
 
 
-def test_current_rank_and_its_doubling():
-    result = plan(truth_law(), 256, base_loss=4.0, current_rank=8)
-    current = result.current
-    assert current["rank"] == 8 and current["doubled_rank"] == 16
-    assert current["predicted_delta"] == pytest.approx(true_delta(8, 256))
-    assert current["gain_nats"] == pytest.approx(true_delta(16, 256) - true_delta(8, 256))
-    assert current["doubled_final"] == pytest.approx(4.0 - true_delta(16, 256))
-    assert any("rank 8 → 16" in note for note in result.notes)
-    # A current rank off the grid is still reported.
-    assert plan(truth_law(), 256, current_rank=3).current["n_eff"] == 3
+# --- what the rows say ------------------------------------------------------------------------
 
 
-def test_recall_rank_from_the_boundary_curve():
-    law = truth_law({"model": "tiny", "recall_boundary": {"curve": {"a": 0.05, "k": 0.8}}})
-    n_star = 0.05 * 1000**0.8  # ≈ 12.6
-    result = plan(law, 1000)
-    assert result.recall_source == "boundary"
-    assert result.recall_n_eff == pytest.approx(n_star)
-    assert result.recall_rank == 16
-    assert plan(law, 1000, layers=4).recall_rank == 4  # 12.6 / 4 ≈ 3.1 → rank 4
-    assert plan(law, 1000, ranks=(1, 2, 4)).recall_rank is None  # beyond the grid
+def test_rows_follow_the_law_on_the_sets_own_ceiling():
+    law = make_law()
+    memory = MemorySet(length=800, base_loss=4.0, info_baseline=2.0, kind="facts")
+    result = plan(law, memory, ranks=(1, 4, 16))
+    for row in result.rows:
+        delta = float(law.predict(row["n_eff"], 800, base_loss=4.0, info_baseline=2.0))
+        assert row["predicted_delta"] == pytest.approx(delta)
+        assert row["predicted_final"] == pytest.approx(4.0 - delta)
+        bits = 800 * max(0.0, 2.0 - (4.0 - delta)) / math.log(2)
+        assert row["memorized_bits"] == pytest.approx(bits)
+        assert row["bits_per_param"] == pytest.approx(bits / (1000 * row["n_eff"]))
+    deltas = [row["predicted_delta"] for row in result.rows]
+    assert deltas == sorted(deltas) and deltas[0] > 2.0  # L0 − H = 2 is not memory
 
 
-def test_recall_rank_fallback_needs_the_base_loss():
-    law = truth_law()
-    result = plan(law, 64, base_loss=1.0)
-    expected = min(r for r in DEFAULT_RANKS if 1.0 - min(true_delta(r, 64), 1.0) < RECALL_LOSS)
-    assert result.recall_source == "loss < ln2/4"
-    assert result.recall_rank == expected
-    bare = plan(law, 64)
-    assert bare.recall_rank is None and bare.recall_source is None
+@pytest.mark.parametrize("form", ["full", "saturating"])
+def test_no_predicted_delta_above_the_base_loss(form):
+    # The paper's power law has no ceiling: C = 50 predicts ΔL in the hundreds at rank 1024.
+    params = {"C": 50.0, "alpha": 0.8, "beta": 0.3, "b": 0.1} if form == "full" else SATURATING
+    law = make_law(form=form, params=params)
+    memory = MemorySet(length=100, base_loss=2.0, info_baseline=1.5, kind="facts")
+    result = plan(law, memory, ranks=(1, 8, 64, 1024))
+    for row in result.rows:
+        assert row["predicted_delta"] <= 2.0
+        assert row["predicted_final"] >= 0.0
+        assert 0.0 <= row["memorized_bits"] <= 100 * 1.5 / math.log(2) + 1e-9
+    top = result.rows[-1]
+    assert top["predicted_delta"] == pytest.approx(2.0)  # saturated: L1 = 0 …
+    assert top["memorized_bits"] == pytest.approx(100 * 1.5 / math.log(2))  # … ℓ · min(L0, H)
+    if form == "full":
+        assert float(law.predict(1024, 100)) > 100  # what the clip keeps out of the plan
 
 
-def test_model_mismatch():
-    law = truth_law({"model": "smollm2-135m"})
-    with pytest.raises(MemlawError, match="fitted for model smollm2-135m, not llama"):
-        plan(law, 100, model="llama")
-    assert plan(law, 100, model="smollm2-135m").model == "smollm2-135m"
-    assert plan(truth_law(), 100, model="llama").model is None  # the law names no model
+def test_a_length_alone_plans_delta_but_no_bits():
+    result = plan(make_law(), MemorySet(length=1000))
+    assert result.certifying_rank == 4
+    for row in result.rows:
+        assert row["predicted_final"] is None and row["memorized_bits"] is None
+        assert row["bits_per_param"] is None
+        # The saturating form falls back to the set it was fitted on: ΔL ≤ its L0.
+        assert row["predicted_delta"] <= L0
+    assert next(r for r in result.table() if r["rank"] == "4")["memorized bits"] == "—"
+
+
+def test_plan_flags_extrapolation():
+    result = plan(make_law(), MemorySet(length=4000), ranks=(1, 64))
+    assert any("outside the lengths" in note and "250–2000" in note for note in result.notes)
+    assert all(row["extrapolated"] for row in result.rows)
+    inside = plan(make_law(), FACTS, ranks=(1, 16, 64))
+    assert [r["extrapolated"] for r in inside.rows] == [False, False, False, True]
+    assert not any("outside" in note for note in inside.notes)
+
+
+# --- refusals ---------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
-    ("kwargs", "match"),
+    ("memory_kind", "kwargs", "message"),
     [
-        ({"length": 0}, "length"),
-        ({"length": -5}, "length"),
-        ({"length": float("nan")}, "length"),
-        ({"length": 100, "ranks": (1, 0, 4)}, "rank"),
-        ({"length": 100, "ranks": (1, 2.5)}, "whole number"),
-        ({"length": 100, "ranks": ()}, "empty"),
-        ({"length": 100, "current_rank": 0}, "current_rank"),
-        ({"length": 100, "layers": 0}, "layers"),
-        ({"length": 100, "min_gain": 0}, "min_gain"),
-        ({"length": 100, "base_loss": -1.0}, "base_loss"),
+        ("random", {}, "measured on key→value facts, and this data is random tokens"),
+        ("text", {}, "measured on key→value facts, and this data is text"),
+        ("facts", {"modules": "v_proj"}, "fitted for LoRA on mlp, not v_proj"),
+        ("facts", {"model": "smollm2-135m"}, "fitted for model tiny, not smollm2-135m"),
     ],
 )
-def test_plan_bad_inputs(kwargs, match):
+def test_plan_refuses_what_the_law_was_not_measured_on(memory_kind, kwargs, message):
+    memory = MemorySet(length=1000, base_loss=L0, kind=memory_kind)
+    with pytest.raises(MemlawError, match=message) as caught:
+        plan(make_law(), memory, **kwargs)
+    assert "\n" not in str(caught.value)
+    forced = plan(make_law(), memory, force=True, **kwargs)
+    assert any(message in note for note in forced.notes)
+    assert forced.certifying_rank == 4  # planned anyway, with the warning
+
+
+def test_plan_accepts_what_the_law_was_measured_on():
+    result = plan(make_law(), FACTS, model="tiny", modules="gate_proj,up_proj,down_proj")
+    assert result.notes == []
+    # A memory set of unknown kind (a bare length) is not refused.
+    assert plan(make_law(), MemorySet(length=1000), model="tiny").notes == []
+
+
+def test_force_lists_every_mismatch():
+    memory = MemorySet(length=1000, kind="text")
+    notes = plan(make_law(), memory, model="llama", modules="v_proj", force=True).notes
+    assert (
+        sum("not llama" in n or "not v_proj" in n or "this data is text" in n for n in notes) == 3
+    )
+
+
+# --- a law without recall data ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("recall", [None, {"error": "the recall law needs the certified share"}])
+def test_a_law_without_recall_data_plans_no_certifying_rank(recall):
+    result = plan(make_law(recall=recall), FACTS, current_rank=4)
+    assert result.certifying_rank is None and result.certifying_n_eff is None
+    assert result.certifying_rank_range is None
+    assert any("holds no recall data" in note for note in result.notes)
+    for row in result.rows:
+        assert row["certifies"] is None and row["certified_share"] is None
+    assert "certified_length" not in result.holds  # it can say what rank 4 stores, not recalls
+    assert result.holds["on_this_set"]["memorized_bits"] > 0
+    text = everything_said(result)
+    assert "full recall" not in text and "smallest certifying" not in text
+    assert all(row["certified"] == "—" for row in result.table())
+    assert plan(make_law(recall=recall), FACTS).holds is None
+
+
+# --- the result -------------------------------------------------------------------------------
+
+
+def test_plan_result_record_and_table():
+    result = plan(make_law(), FACTS, current_rank=2, ranks=(1, 2, 8))
+    assert isinstance(result, PlanResult)
+    record = json.loads(json.dumps(result.to_dict()))
+    assert record["memory"]["length"] == 1000 and record["certifying_rank"] == 4
+    assert record["certifying_rank_range"] == [2, 8] and len(record["rows"]) == 4
+    assert record["law"] == make_law().describe()
+    table = result.table()
+    assert list(table[0]) == [
+        "rank", "N_eff", "ΔL", "L1", "memorized bits", "bits/param", "certified", "mark"
+    ]  # fmt: skip
+    marks = {row["rank"]: row["mark"] for row in table}
+    assert marks == {"1": "", "2": "asked", "4": "smallest certifying", "8": ""}
+    certified = {row["rank"]: row["certified"] for row in table}
+    assert certified["4"] == "50%" and certified["8"] == "94%"  # σ(4 ln 2)
+
+
+@pytest.mark.parametrize(
+    ("memory", "kwargs", "match"),
+    [
+        (MemorySet(length=0), {}, "length must be a positive number"),
+        (MemorySet(length=-5), {}, "length must be a positive number"),
+        (MemorySet(length=float("nan")), {}, "length must be a positive number"),
+        (MemorySet(length=float("inf")), {}, "length must be finite"),
+        (FACTS, {"ranks": (1, 0, 4)}, "every rank must be a positive"),
+        (FACTS, {"ranks": (1, 2.5)}, "every rank must be a whole number"),
+        (FACTS, {"layers": 0}, "layers must be a positive"),
+        (FACTS, {"layers": 1.5}, "layers must be a whole number"),
+        (FACTS, {"current_rank": 0}, "the current rank must be a positive"),
+        (FACTS, {"current_rank": True}, "the current rank must be a positive"),
+    ],
+)
+def test_plan_bad_inputs(memory, kwargs, match):
     with pytest.raises(MemlawError, match=match):
-        plan(truth_law(), **kwargs)
+        plan(make_law(), memory, **kwargs)
 
 
 def test_plan_needs_a_fitted_law():
     with pytest.raises(MemlawError, match="fitted MemoryLaw"):
-        plan(MemoryLaw(), 100)
+        plan(MemoryLaw(), FACTS)
+    with pytest.raises(MemlawError, match="fitted MemoryLaw"):
+        plan(make_law().to_dict(), FACTS)
 
 
-def test_plan_flags_extrapolation(fitted):
-    result = plan(fitted["law"], 4096, ranks=(1, 64, 256))
-    assert any("outside the lengths" in note for note in result.notes)
-    assert all(row["extrapolated"] for row in result.rows)
-    inside = plan(fitted["law"], 256, ranks=(1, 64, 256))
-    assert [row["extrapolated"] for row in inside.rows] == [False, False, True]
+# --- the train command ------------------------------------------------------------------------
 
 
-def test_plan_result_to_dict_and_table():
-    result = plan(truth_law(), 64, base_loss=1.0, current_rank=8, ranks=(1, 2, 4, 8, 16))
-    assert isinstance(result, PlanResult)
-    record = result.to_dict()
-    assert record["length"] == 64 and len(record["rows"]) == 5
-    table = format_plan_table(result)
-    marks = {row["rank"]: row["mark"] for row in table}
-    assert "current" in marks["8"]
-    assert "diminishing returns" in marks[str(result.diminishing_rank)]
-    assert "full recall" in marks[str(result.recall_rank)]
+def parses_as_memlaw_train(command: str) -> dict:
+    """The options the real `memlaw train` parses from ``command`` (without running it)."""
+    import shlex
+
+    import typer
+
+    from memlaw.cli import app
+
+    words = shlex.split(command)
+    assert words[:2] == ["memlaw", "train"]
+    group = typer.main.get_command(app)
+    train = group.get_command(None, "train")
+    return train.make_context("train", words[2:]).params
 
 
-# --- persistence and the figure ---------------------------------------------------------------
+def test_train_command_realizes_the_plan_with_the_laws_recipe():
+    law = make_law(model="smollm2-135m", lr=0.01, batch_size=4, max_epochs=400)
+    result = plan(law, FACTS)
+    command = train_command(result, law, "PB1000.jsonl", result.certifying_rank_range[1])
+    assert command == (
+        "memlaw train --data PB1000.jsonl --model smollm2-135m --method sft --rank 8 "
+        "--modules mlp --lr 0.01 --batch-size 4 --epochs 400"
+    )
+    params = parses_as_memlaw_train(command)
+    assert (params["rank"], params["modules"], params["method"]) == (8, "mlp", "sft")
+    assert (params["lr"], params["batch_size"], params["epochs"]) == (0.01, 4, 400)
 
 
-def test_saved_law_keeps_the_boundary(fitted, tmp_path):
-    law = fitted["law"]
-    loaded = MemoryLaw.load(law.save(tmp_path / "law.json"))
-    assert loaded.metadata_["recall_boundary"] == fitted["boundary"]
-    assert loaded.metadata_["holdout"] == law.metadata_["holdout"]
-    assert loaded.metadata_["forms"] == fitted["forms"]
-    before, after = plan(law, 300), plan(loaded, 300)
-    assert after.recall_source == "boundary"
-    assert after.recall_rank == before.recall_rank
-    assert after.recall_n_eff == pytest.approx(boundary_n_eff(fitted["boundary"], 300))
+def test_train_command_without_recipe_or_data():
+    law = MemoryLaw.from_dict({"format": "memlaw.law/1", "form": "full", "params": SATURATING})
+    result = plan(law, MemorySet(length=100))
+    command = train_command(result, law, None, 3)
+    assert command == "memlaw train --data FILE --method sft --rank 3"
+    assert parses_as_memlaw_train(command)["rank"] == 3
 
 
-@pytest.mark.parametrize("length", [256, 300])  # on the grid, and nearest-ℓ overlay
-def test_plot_plan_writes_a_png(fitted, tmp_path, length):
-    rows = sweep_rows() + [row(2, 256, hit_cap=True, delta=0.1)]
-    result = plan(fitted["law"], length, base_loss=2.0, current_rank=4)
-    path = plot_plan(result, fitted["law"], tmp_path / "plots" / "plan.png", measured_rows=rows)
+# --- the figure -------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def drawn(monkeypatch):
+    """The matplotlib figures plot_plan saves, kept for inspection."""
+    kept = []
+    save = figures_module.save_png
+
+    def keep(figure, path):
+        kept.append(figure)
+        return save(figure, path)
+
+    monkeypatch.setattr(figures_module, "save_png", keep)
+    return kept
+
+
+def test_plot_plan_writes_a_png(tmp_path, drawn):
+    law = make_law()
+    result = plan(law, FACTS, current_rank=2)
+    path = plot_plan(result, law, tmp_path / "plots" / "plan.png")
     assert path.read_bytes().startswith(b"\x89PNG") and path.stat().st_size > 5000
     assert [p.name for p in path.parent.iterdir()] == ["plan.png"]  # no staging file left
+    left, right = drawn[0].axes
+    certifying = [line for line in left.lines if "certifies: rank 4" in line.get_label()]
+    assert certifying and certifying[0].get_xdata()[0] == 4
 
 
-def test_plot_plan_without_measured_rows(tmp_path):
-    result = plan(truth_law(), 64, ranks=(1, 2, 4))
-    path = plot_plan(result, truth_law(), tmp_path / "plan.png")
-    assert path.stat().st_size > 0
+def test_plot_plan_never_draws_above_the_ceiling(tmp_path, drawn):
+    law = make_law(form="full", params={"C": 50.0, "alpha": 0.8, "beta": 0.3, "b": 0.1})
+    memory = MemorySet(length=100, base_loss=2.0, info_baseline=1.5, kind="facts")
+    plot_plan(plan(law, memory, ranks=(1, 1024)), law, tmp_path / "plan.png")
+    left, right = drawn[0].axes
+    (delta,) = [line for line in left.lines if line.get_label().startswith("law")]
+    (bits,) = [line for line in right.lines if line.get_label() == "predicted memorized bits"]
+    assert np.max(delta.get_ydata()) == pytest.approx(2.0)  # reaches L0, never passes it
+    assert np.max(bits.get_ydata()) <= 100 * 1.5 / math.log(2) + 1e-9
 
 
-def test_saturated_rows_are_left_out_of_the_law_but_not_the_boundary():
-    rows = [
-        {
-            "rank": r,
-            "layers": 1,
-            "n_eff": r,
-            "length": n,
-            "method": "sft",
-            "seed": 0,
-            "delta_loss": 2.0 * r**0.35 * n**-0.45 + 0.05,
-            "final_loss": 1.0,
-            "hit_cap": False,
-            "exact_match": 1.0 if r >= 4 else 0.0,
-            "trainable_params": 100 * r,
-        }
-        for r in (1, 2, 4, 8, 16)
-        for n in (100, 200, 400, 800)
-    ]
-    for row in rows:
-        if row["length"] == 100:  # memorized outright: ΔL pinned at the base loss
-            row["final_loss"], row["delta_loss"] = 0.001, 9.0
-    fitted = fit_sweep(rows, metadata={"model": "tiny"}, saturation_loss=0.05, n_bootstrap=0)
-    assert fitted["excluded_saturated"] == 5 and fitted["law"].n_points_ == 15
-    assert fitted["law"].alpha_ == pytest.approx(0.35, abs=1e-3)
-    found = {p["length"]: p["n_eff"] for p in fitted["boundary"]["points"]}
-    assert found[100] == 4
-    unfiltered = fit_sweep(rows, metadata={"model": "tiny"}, n_bootstrap=0)
-    assert unfiltered["excluded_saturated"] == 0 and unfiltered["law"].n_points_ == 20
+def test_plot_plan_without_base_loss_or_recall(tmp_path):
+    law = make_law(recall=None)
+    result = plan(law, MemorySet(length=500), ranks=(1, 2, 4))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the CLI would print any warning after the plan
+        path = plot_plan(result, law, tmp_path / "p.png")
+    assert path.read_bytes().startswith(b"\x89PNG")
 
 
-def test_plan_says_when_the_law_was_fitted_on_capped_points():
-    rows = [
-        row(r, n, hit_cap=(r == 1))  # the rank-1 points stopped at the cap
-        for r in (1, 2, 4, 8, 16)
-        for n in (64, 128, 256, 512)
-    ]
-    fitted = fit_sweep(
-        rows, metadata={"model": "tiny", "max_steps": 600}, include_capped=True, n_bootstrap=0
-    )
-    assert fitted["law"].metadata_["capped_in_fit"] == 4
-    assert fitted["law"].metadata_["runs_in_fit"] == 20
-    notes = plan(fitted["law"], 256).notes
-    assert any("4 of the 20 runs" in n and "600-step cap" in n for n in notes)
-    # Without capped rows in the fit, no such note.
-    clean = fit_sweep(rows, metadata={"model": "tiny"}, n_bootstrap=0)
-    assert clean["law"].metadata_["capped_in_fit"] == 0
-    assert not any("lower bound on capacity" in n for n in plan(clean["law"], 256).notes)
+# --- measuring the user's data ----------------------------------------------------------------
 
 
-def test_describe_law_names_what_the_law_was_measured_on():
-    rows = [row(r, n) for r in (1, 2, 4, 8) for n in (64, 128, 256)]
-    metadata = {"model": "tiny", "modules": "v_proj", "data": "random", "lr": 0.02}
-    law = fit_sweep(rows, metadata=metadata, n_bootstrap=0)["law"]
-    line = describe_law(law)
-    assert line.startswith("tiny · LoRA on v_proj · sft · random data · lr 0.02")
-    assert line.endswith(f"12 points · R² {law.r2_:.3f}")
+def test_measure_memory_set(tiny, phonebook_items):
+    from memlaw.data import target_length
+
+    model, tokenizer = tiny
+    measured = measure_memory_set(model, tokenizer, phonebook_items, generator="phonebook")
+    assert measured.length == target_length(phonebook_items) == 40  # 4 numbers of 10 digits
+    assert measured.items == 4 and measured.kind == "facts"
+    assert measured.base_loss > 0
+    # The exact entropy of the format: the first digit from 8, then from 10, per token.
+    assert measured.info_baseline == pytest.approx((math.log(8) + 9 * math.log(10)) / 10)
+    # A file of 4 items is too few to estimate H from: H = L0.
+    as_file = measure_memory_set(model, tokenizer, phonebook_items)
+    assert as_file.info_baseline is None and as_file.kind == "facts"
+    assert as_file.base_loss == pytest.approx(measured.base_loss)
+    assert as_file.ceiling == as_file.base_loss
 
 
-def test_plan_refuses_a_law_fitted_on_other_modules():
-    rows = [row(r, n) for r in (1, 2, 4, 8) for n in (64, 128, 256)]
-    law = fit_sweep(rows, metadata={"model": "tiny", "modules": "mlp"}, n_bootstrap=0)["law"]
-    with pytest.raises(MemlawError, match="fitted for LoRA on mlp, not v_proj"):
-        plan(law, 256, modules="v_proj")
-    # The same modules, named by group or one by one and in any order, plan as before.
-    for same in ("mlp", "down_proj, gate_proj,up_proj"):
-        assert plan(law, 256, modules=same).rows == plan(law, 256).rows
+def test_doctests():
+    assert doctest.testmod(plan_module).failed == 0

@@ -519,7 +519,7 @@ def _capacity_figure(rows: list[dict], law: MemoryLaw | None) -> tuple[Any, str]
         + ("; dashed: the fitted law" if law is not None else "")
         + "; dotted: "
         f"about {GPT_BITS_PER_PARAM} bits per parameter published for GPT-style models trained from scratch."
-        + _hidden_note(hidden)
+        + _hidden_note(hidden, "no memorized information")
     )
     return figure, caption
 
@@ -655,6 +655,7 @@ def plot_plan(result: Any, law: MemoryLaw, path: str | Path) -> Path:
         axes.set_xscale("log")
         axes.set_xlabel(f"N_eff = rank × {layers} adapted layer(s)")
         axes.grid(True, which="both", alpha=0.25)
-        axes.legend(fontsize=8)
+        if axes.get_legend_handles_labels()[0]:  # an empty legend is a warning in the CLI
+            axes.legend(fontsize=8)
     figure.suptitle(f"rank plan for ℓ = {memory.length:g} target tokens", fontsize=11)
     return save_png(figure, path)

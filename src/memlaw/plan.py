@@ -129,9 +129,20 @@ def _positive(value: Any, name: str) -> float:
     return float(value)
 
 
+def _whole(value: Any, name: str) -> int:
+    """A positive whole number (a rank, a layer count), refused rather than truncated."""
+    number = _positive(value, name)
+    if not number.is_integer():
+        raise MemlawError(f"{name} must be a whole number, got {value!r}")
+    return int(number)
+
+
+# A tiny relative slack: A·ℓ^k through logs may land a hair above a whole N_eff.
+_SLACK = 1e-9
+
+
 def _rank_for(n_eff: float, layers: int) -> int:
-    # A tiny relative slack: A·ℓ^k through logs may land a hair above a whole N_eff.
-    return max(1, math.ceil(n_eff / layers * (1 - 1e-9)))
+    return max(1, math.ceil(n_eff / layers * (1 - _SLACK)))
 
 
 def _fitted_range(law: MemoryLaw) -> tuple[tuple[float, float], tuple[float, float]] | None:
@@ -174,6 +185,7 @@ def _row(law: MemoryLaw, memory: MemorySet, rank: int, layers: int, span, recall
         bits = memory.length * max(0.0, memory.ceiling - final) / math.log(2)
     per_rank = _params_per_rank(law)
     share = None if recall is None else predicted_certified_share(recall, n_eff, memory.length)
+    needed = None if recall is None else certifying_n_eff(recall, memory.length)
     outside = span is not None and not (
         span[0][0] <= unit <= span[0][1] and span[1][0] <= memory.length <= span[1][1]
     )
@@ -185,7 +197,7 @@ def _row(law: MemoryLaw, memory: MemorySet, rank: int, layers: int, span, recall
         "memorized_bits": bits,
         "bits_per_param": None if bits is None or per_rank is None else bits / (per_rank * n_eff),
         "certified_share": share,
-        "certifies": None if recall is None else n_eff >= certifying_n_eff(recall, memory.length),
+        "certifies": None if needed is None else n_eff >= needed * (1 - _SLACK),
         "extrapolated": outside,
     }
 
@@ -205,8 +217,8 @@ def plan(
     if not isinstance(law, MemoryLaw) or not hasattr(law, "alpha_"):
         raise MemlawError("plan needs a fitted MemoryLaw: memlaw fit, or MemoryLaw.load(path)")
     _positive(memory.length, "the memory set's length")
-    layers = int(_positive(layers, "layers"))
-    grid = sorted({int(_positive(r, "every rank")) for r in (ranks or DEFAULT_RANKS)})
+    layers = _whole(layers, "layers")
+    grid = sorted({_whole(r, "every rank") for r in (ranks or DEFAULT_RANKS)})
     notes = law.check_applies(model=model, modules=modules, data_kind=memory.kind, force=force)
     span = _fitted_range(law)
     if span is not None and not span[1][0] <= memory.length <= span[1][1]:
@@ -229,7 +241,7 @@ def plan(
         grid = sorted(set(grid) | {_rank_for(certifying, layers)})
     rows = [_row(law, memory, rank, layers, span, recall) for rank in grid]
     if current_rank is not None:
-        current_rank = int(_positive(current_rank, "the current rank"))
+        current_rank = _whole(current_rank, "the current rank")
     held_rank = current_rank or (None if certifying is None else _rank_for(certifying, layers))
     if held_rank is not None:
         holds = _holds(law, memory, held_rank, layers, span, recall)

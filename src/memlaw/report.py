@@ -81,6 +81,8 @@ def write_sweep_report(
     atomic_write_dir(folder, lambda staging: save_pngs(staging, figures), overwrite=True)
     if fit.law is not None:
         fit.law.save(law_path_for(out_path))
+    else:  # a law left by an earlier report is not the law of this one
+        law_path_for(out_path).unlink(missing_ok=True)
     atomic_write_text(out_path, page)
     return out_path
 
