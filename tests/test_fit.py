@@ -212,8 +212,18 @@ def test_saturating_is_skipped_without_base_loss():
         r["base_loss"] = None
     result = fit_sweep(rows, metadata={}, n_bootstrap=0)
     assert [f["form"] for f in result.forms] == ["full"]
-    with pytest.raises(MemlawError, match="saturating form needs L0 in every row"):
+    with pytest.raises(MemlawError, match="needs the base loss L0 of every point"):
         fit_sweep(rows, metadata={}, forms=("saturating",), n_bootstrap=0)
+
+
+def test_a_grid_too_small_for_a_form_fits_the_forms_it_can():
+    # 4 points: "full" has 4 parameters and needs 5; the saturating form (3) still fits
+    rows = [r for r in sweep_rows() if r["seed"] == 0]
+    rows = [r for r in rows if r["rank"] in (1, 2) and r["length"] in (500, 1000)]
+    assert len(rows) == 4
+    result = fit_sweep(rows, metadata={}, n_bootstrap=0)
+    assert result.law.form == "saturating"
+    assert [f["form"] for f in result.forms] == ["saturating"]
 
 
 def test_every_form_gets_a_holdout_with_its_median_error(fitted):

@@ -1130,11 +1130,11 @@ def plan_command(
     if as_json:
         print(json.dumps(result.to_dict(), indent=2))
         return
-    _print_plan(result, law, data)
+    _print_plan(result, law, data, model)
     console.print(f"plot: {png}", markup=False)
 
 
-def _print_plan(result, law, data: Path | None) -> None:
+def _print_plan(result, law, data: Path | None, model: str) -> None:
     from memlaw.plan import train_command
 
     memory = result.memory
@@ -1177,7 +1177,15 @@ def _print_plan(result, law, data: Path | None) -> None:
         console.print(f"note: {note}", markup=False)
     if result.certifying_rank is not None:
         safe = result.certifying_rank_range[1]
-        console.print(f"train it: {train_command(result, law, data, safe)}", markup=False)
+        layer_indices = None
+        if result.layers > 1:
+            from memlaw.models import model_skeleton
+            from memlaw.sweep import adapted_layers
+
+            total = model_skeleton(model)[0].config.num_hidden_layers
+            layer_indices = adapted_layers(result.layers, total)
+        command = train_command(result, law, data, safe, layer_indices)
+        console.print(f"train it: {command}", markup=False)
 
 
 def _check_plan_options(length, data, layers, base_loss) -> None:
@@ -1245,20 +1253,31 @@ def _run_app() -> int:
     return result if isinstance(result, int) else 0
 
 
-def _handle_failure(exc: Exception) -> int:
-    from typer._click import exceptions as click_exceptions
-    from typer.exceptions import Abort
+def _click_classes(name: str) -> tuple[type, ...]:
+    """Class ``name`` from click and from the click that typer ≥ 0.24 bundles (typer raises
+    its own; older typers raise click's)."""
+    import importlib
 
-    if isinstance(exc, click_exceptions.NoArgsIsHelpError):
+    found = []
+    for module in ("typer._click.exceptions", "typer.exceptions", "click.exceptions"):
+        try:
+            found.append(getattr(importlib.import_module(module), name))
+        except (ImportError, AttributeError):
+            continue
+    return tuple(found)
+
+
+def _handle_failure(exc: Exception) -> int:
+    if isinstance(exc, _click_classes("NoArgsIsHelpError")):
         # A bare `memlaw`: typer's rich formatter printed the help while raising this.
         if exc.format_message().strip():
             print(exc.format_message())
         return 0
-    if isinstance(exc, click_exceptions.UsageError):
+    if isinstance(exc, _click_classes("UsageError")):
         return _fail(_usage_message(exc))
-    if isinstance(exc, click_exceptions.ClickException):
+    if isinstance(exc, _click_classes("ClickException")):
         return _fail(exc.format_message())
-    if isinstance(exc, Abort):
+    if isinstance(exc, _click_classes("Abort")):
         return _fail("aborted")
     if isinstance(exc, BrokenPipeError):  # `memlaw probe --json | head`: the reader left
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (no flush error at exit)

@@ -310,7 +310,7 @@ def _holdout_summary(holdout: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def _chosen_form(forms: Any, holdouts: dict[str, Any], candidates: Sequence[str]) -> str:
+def _chosen_form(forms: Any, candidates: Sequence[str]) -> str:
     """The form with the lowest AIC (the first candidate when the comparison failed)."""
     if isinstance(forms, list) and forms:
         return next(row["form"] for row in forms if row["preferred"])
@@ -353,16 +353,19 @@ def fit_sweep(
             "pass the rows of that method or fix the metadata"
         )
     points = law_points(kept)
+    # A form needs L0 (saturating) or more points than parameters to be compared at all.
     candidates = [
-        f for f in forms if f != "saturating" or all(p.base_loss is not None for p in points)
+        f
+        for f in forms
+        if (f != "saturating" or all(p.base_loss is not None for p in points))
+        and len(points) > MemoryLaw(f, n_bootstrap=0).n_params
     ]
-    if not candidates:
-        raise MemlawError("no law form to fit: the saturating form needs L0 in every row")
+    candidates = candidates or list(forms[:1])  # its fit below says what is missing
     compared = _guarded(lambda: compare_forms(points, forms=candidates))
     holdouts = {
         f: _holdout_summary(_guarded(lambda f=f: holdout_check(points, form=f))) for f in candidates
     }
-    form = _chosen_form(compared, holdouts, candidates)
+    form = _chosen_form(compared, candidates)
     law = MemoryLaw(form, n_bootstrap=n_bootstrap, seed=seed).fit(points, metadata=metadata)
     recall = _guarded(lambda: recall_law(points, n_bootstrap=n_bootstrap, seed=seed))
     table = [_capacity_row(p) for p in points]

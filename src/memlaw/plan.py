@@ -27,7 +27,8 @@ into a note). A law without recall data plans no certifying rank.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+import shlex
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -279,17 +280,27 @@ def _holds(law, memory: MemorySet, rank: int, layers: int, span, recall) -> dict
     return out
 
 
-def train_command(result: PlanResult, law: MemoryLaw, data: str | None, rank: int) -> str:
-    """The ``memlaw train`` command that realizes the plan with the law's own recipe."""
+def train_command(
+    result: PlanResult,
+    law: MemoryLaw,
+    data: str | None,
+    rank: int,
+    layer_indices: Sequence[int] | None = None,
+) -> str:
+    """The ``memlaw train`` command that realizes the plan with the law's own recipe.
+
+    ``layer_indices``: the layers to adapt when the plan is for more than one (the default
+    placement adapts one).
+    """
     meta = dict(getattr(law, "metadata_", {}) or {})
-    parts = ["memlaw train", f"--data {data}" if data else "--data FILE"]
+    parts = ["memlaw train", f"--data {shlex.quote(str(data))}" if data else "--data FILE"]
     if meta.get("model"):
-        parts.append(f"--model {meta['model']}")
+        parts.append(f"--model {shlex.quote(str(meta['model']))}")
     parts += [f"--method {meta.get('method', 'sft')}", f"--rank {rank}"]
-    if meta.get("layers"):
-        parts.append(f"--layers {','.join(str(x) for x in meta['layers'])}")
+    if layer_indices:
+        parts.append(f"--layers {','.join(str(x) for x in layer_indices)}")
     if meta.get("modules"):
-        parts.append(f"--modules {meta['modules']}")
+        parts.append(f"--modules {shlex.quote(str(meta['modules']))}")
     if meta.get("lr"):
         parts.append(f"--lr {meta['lr']:g}")
     if meta.get("batch_size") is not None:
