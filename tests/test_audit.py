@@ -120,4 +120,4 @@ def test_audit_reuses_one_pass_matches_probe_and_quotes_the_law(tmp_path, capsys
     other = tmp_path / "other.json"
     other.write_text(json.dumps(law.to_dict() | {"metadata": {"model": "smollm2-135m"}}))
     code, out, err = memlaw(capsys, monkeypatch, *args[:-1], other, "-a", tmp_path / "run")
-    assert code == 2 and "fitted for 'smollm2-135m'" in err
+    assert code == 2 and "fitted for model smollm2-135m, not tiny" in err

@@ -224,7 +224,12 @@ def test_curriculum_matches_memlaw_loop(tmp_path):
     steps, model, tokenizer = 10, *load_model("tiny")
     items = encode_items(generate_phonebook(5, seed=1), tokenizer)
     config = TrainConfig(
-        method="memft-sw", steps=steps, lr=LR, fast_path=False, stop_when_certified=False
+        method="memft-sw",
+        steps=steps,
+        lr=LR,
+        batch_size=0,  # the whole set in every step, as in the Trainer below
+        fast_path=False,
+        stop_when_certified=False,
     )
     run = train(model, tokenizer, items, SPEC, config, final_probe=False)
     assert run.config["method"] == "memft-sw-curriculum"
