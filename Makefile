@@ -29,12 +29,13 @@ lint: install
 	$(BIN)/ruff format --check src tests
 
 # Benchmarks (see docs/benchmarks.md): each compares side by side in one run; about 45 min
-# in all on two cores.
+# in all on two cores, plus several hours for time_to_recall.py (its --help has the estimate).
 bench: install
 	$(BIN)/python bench/step_time.py
 	$(BIN)/python bench/sweep_throughput.py
 	$(BIN)/python bench/cache_memory.py
 	$(BIN)/python bench/memft_vs_sft.py
+	$(BIN)/python bench/time_to_recall.py --search
 
 # The default law of smollm2-135m: PhoneBook on the MLP of layer 20, SFT, memlaw train's recipe,
 # every point trained to certified recall or plateau (hours on two cores; resumable: rerun to
