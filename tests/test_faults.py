@@ -190,25 +190,23 @@ class _FailingRunner:
 
 
 def test_a_failed_first_sweep_leaves_no_database(tmp_path):
-    from memlaw.cli import _sweep_into
-    from memlaw.sweep import SweepSpec
+    from memlaw.sweep import SweepSpec, sweep_into
 
     spec = SweepSpec(model="tiny", ranks=(1,), lengths=(8,), max_steps=2)
     db = tmp_path / "s.db"
     with pytest.raises(MemlawError, match="first point failed"):
-        _sweep_into(db, spec, _FailingRunner())
+        sweep_into(db, spec, _FailingRunner())
     assert os.listdir(tmp_path) == []
 
 
 def test_a_failed_sweep_keeps_a_database_it_did_not_create(tmp_path):
-    from memlaw.cli import _sweep_into
-    from memlaw.sweep import SweepSpec, SweepStore
+    from memlaw.sweep import SweepSpec, SweepStore, sweep_into
 
     spec = SweepSpec(model="tiny", ranks=(1,), lengths=(8,), max_steps=2)
     db = tmp_path / "s.db"
     SweepStore(db, spec).close()
     with pytest.raises(MemlawError):
-        _sweep_into(db, spec, _FailingRunner())
+        sweep_into(db, spec, _FailingRunner())
     assert db.is_file()
 
 

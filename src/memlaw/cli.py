@@ -89,26 +89,6 @@ def load(model: str, dtype: str, device: str, trust_remote_code: bool):
         return load_model(model, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
 
 
-def parse_generator(spec: str, tokenizer, seed: int):
-    """``phonebook:N``, ``random:LENGTH`` or ``noisy:LENGTH:FRACTION`` → memory items."""
-    from memlaw import data
-
-    kind, _, rest = spec.partition(":")
-    args = rest.split(":") if rest else []
-    try:
-        if kind == "phonebook" and len(args) == 1:
-            return data.generate_phonebook(int(args[0]), seed=seed)
-        if kind == "random" and len(args) == 1:
-            return data.generate_random_tokens(tokenizer, int(args[0]), seed=seed)
-        if kind == "noisy" and len(args) == 2:
-            return data.generate_noisy_text(tokenizer, int(args[0]), float(args[1]), seed=seed)
-    except ValueError:
-        pass
-    raise MemlawError(
-        f"bad --generate '{spec}': use phonebook:N, random:LENGTH or noisy:LENGTH:FRACTION"
-    )
-
-
 def check_memory_set_options(data_path, generate, length, data_seed) -> None:
     """The memory set's options, before any model loads."""
     if (data_path is None) == (generate is None):
@@ -122,11 +102,11 @@ def check_memory_set_options(data_path, generate, length, data_seed) -> None:
 def memory_set(
     model, tokenizer, data_path, generate, length, data_seed, chat_template, separator=""
 ):
-    from memlaw.data import encode_items, load_items
+    from memlaw.data import encode_items, generate_items, load_items
     from memlaw.models import context_length
 
     check_memory_set_options(data_path, generate, length, data_seed)
-    items = load_items(data_path) if data_path else parse_generator(generate, tokenizer, data_seed)
+    items = load_items(data_path) if data_path else generate_items(generate, tokenizer, data_seed)
     return encode_items(
         items,
         tokenizer,
@@ -847,7 +827,7 @@ def sweep_command(
     On GPUs of a Ray cluster: memlaw sweep --device cuda --dtype bfloat16 --executor ray --address auto
     """
     from memlaw.atomic import check_writable
-    from memlaw.sweep import LocalExecutor, SweepSpec, check_device
+    from memlaw.sweep import LocalExecutor, SweepSpec, check_device, check_sweep_fits, sweep_into
 
     _check_sweep_numbers(
         lr=lr, max_steps=max_steps, max_epochs=max_epochs, batch_size=batch_size,
@@ -883,18 +863,20 @@ def sweep_command(
     )
     check_writable(db, "--db")
     _quiet_transformers()
+    # Off a terminal the bar would print its last state (and a blank line) on stop.
+    progress = err_console.is_terminal
     # Check where and whether the points can run before the store records this sweep.
     if executor == "local":
         check_device(spec.device)
         check_sweep_fits(spec, memory_on=spec.device)
-        store, summary = _sweep_into(db, spec, LocalExecutor(workers=workers or 1))
+        store, summary = sweep_into(db, spec, LocalExecutor(workers=workers or 1), progress)
     else:
         from memlaw.ray_executor import RayExecutor
 
         check_sweep_fits(spec, memory_on=None)  # the points run on the cluster's machines
         with RayExecutor(address=address, workers=workers) as runner:
             runner.check(spec)
-            store, summary = _sweep_into(db, spec, runner)
+            store, summary = sweep_into(db, spec, runner, progress)
     rows = store.rows()
     capped = sum(r["hit_cap"] for r in rows)
     console.print(
@@ -939,51 +921,6 @@ def _check_sweep_data(data: str) -> None:
     except ValueError:
         raise MemlawError(f"--data '{data}': noisy needs a fraction, e.g. noisy:0.1") from None
     check_number(fraction, "--data noisy:FRACTION", low=0, high=1)
-
-
-def check_sweep_fits(spec, memory_on: str | None) -> None:
-    """Refuse, before any point runs, a sweep whose points cannot run: too many layers, unknown
-    modules, a memory set longer than the model's context, or (``memory_on``: the device the
-    points train on) an adapter at the largest rank that does not fit in memory."""
-    from memlaw.adapters import LoraSpec, check_lora_fits, target_module_names
-    from memlaw.models import context_length, model_skeleton
-    from memlaw.sweep import adapted_layers, memory_set_for
-
-    skeleton, tokenizer = model_skeleton(spec.model)
-    total = skeleton.config.num_hidden_layers
-    layers = adapted_layers(max(spec.layer_counts), total)
-    largest = LoraSpec(rank=max(spec.ranks), layers=layers, modules=spec.modules)
-    target_module_names(skeleton, largest)
-    longest = max(spec.lengths)
-    sequence = max(len(item.input_ids) for item in memory_set_for(spec, longest, tokenizer))
-    context = context_length(skeleton)
-    if sequence > context:
-        raise MemlawError(
-            f"--lengths {longest}: the memory set would hold a sequence of {sequence} tokens, "
-            f"more than the context of {spec.model} ({context}): use shorter lengths"
-        )
-    if memory_on is not None:
-        check_lora_fits(skeleton, largest, device=memory_on)
-
-
-def _sweep_into(db: Path, spec, runner):
-    """Run the sweep into ``db``; a store this run created is removed again if the sweep
-    fails before any point finished, so a corrected command starts clean."""
-    from memlaw.sweep import SweepStore, run_sweep
-
-    created = not db.exists()
-    store = None
-    try:
-        store = SweepStore(db, spec)
-        # Off a terminal the bar would print its last state (and a blank line) on stop.
-        return store, run_sweep(spec, store, runner, progress=err_console.is_terminal)
-    except BaseException:
-        if created and (store is None or not store.finished_keys()):
-            if store is not None:
-                store.close()
-            for suffix in ("", "-wal", "-shm", "-journal"):
-                Path(f"{db}{suffix}").unlink(missing_ok=True)
-        raise
 
 
 @app.command("fit")

@@ -242,6 +242,29 @@ def generate_noisy_text(
 # --- encoding and batches ------------------------------------------------------------------
 
 
+def generate_items(spec: str, tokenizer, seed: int = 0) -> list[MemoryItem]:
+    """A generated memory set from its spec: ``phonebook:N``, ``random:LENGTH`` or
+    ``noisy:LENGTH:FRACTION``.
+
+    >>> len(generate_items("phonebook:3", None))
+    3
+    """
+    kind, _, rest = spec.partition(":")
+    args = rest.split(":") if rest else []
+    try:
+        if kind == "phonebook" and len(args) == 1:
+            return generate_phonebook(int(args[0]), seed=seed)
+        if kind == "random" and len(args) == 1:
+            return generate_random_tokens(tokenizer, int(args[0]), seed=seed)
+        if kind == "noisy" and len(args) == 2:
+            return generate_noisy_text(tokenizer, int(args[0]), float(args[1]), seed=seed)
+    except ValueError:
+        pass
+    raise MemlawError(
+        f"bad --generate '{spec}': use phonebook:N, random:LENGTH or noisy:LENGTH:FRACTION"
+    )
+
+
 def encode_items(
     items: list[MemoryItem],
     tokenizer,

@@ -195,14 +195,13 @@ def memory_set_for(spec: SweepSpec, length: int, tokenizer) -> list:
     from memlaw import data
 
     kind, _, argument = spec.data.partition(":")
-    if kind == "random":
-        items = data.generate_random_tokens(tokenizer, length, seed=spec.data_seed)
-    elif kind == "phonebook":
-        items = data.generate_phonebook(math.ceil(length / 10) + 1, seed=spec.data_seed)
-    elif kind == "noisy":
-        items = data.generate_noisy_text(
-            tokenizer, length, float(argument or 0), seed=spec.data_seed
-        )
+    generator = {  # the sweep's generators, sized to ℓ, as memlaw train's --generate specs
+        "random": f"random:{length}",
+        "phonebook": f"phonebook:{math.ceil(length / 10) + 1}",
+        "noisy": f"noisy:{length}:{argument or 0}",
+    }.get(kind)
+    if generator is not None:
+        items = data.generate_items(generator, tokenizer, spec.data_seed)
     else:
         items = data.load_items(spec.data)
     return data.encode_items(items, tokenizer, length=length)
@@ -280,6 +279,49 @@ def run_point(spec: SweepSpec, point: SweepPoint) -> dict:
             "probabilities": [p for item in result.report.items for p in item.probabilities],
         },
     }
+
+
+def check_sweep_fits(spec: SweepSpec, memory_on: str | None) -> None:
+    """Refuse, before any point runs, a sweep whose points cannot run: too many layers, unknown
+    modules, a memory set longer than the model's context, or (``memory_on``: the device the
+    points train on) an adapter at the largest rank that does not fit in memory."""
+    from memlaw.adapters import LoraSpec, check_lora_fits, target_module_names
+    from memlaw.models import context_length, model_skeleton
+
+    skeleton, tokenizer = model_skeleton(spec.model)
+    total = skeleton.config.num_hidden_layers
+    layers = adapted_layers(max(spec.layer_counts), total)
+    largest = LoraSpec(rank=max(spec.ranks), layers=layers, modules=spec.modules)
+    target_module_names(skeleton, largest)
+    longest = max(spec.lengths)
+    sequence = max(len(item.input_ids) for item in memory_set_for(spec, longest, tokenizer))
+    context = context_length(skeleton)
+    if sequence > context:
+        raise MemlawError(
+            f"--lengths {longest}: the memory set would hold a sequence of {sequence} tokens, "
+            f"more than the context of {spec.model} ({context}): use shorter lengths"
+        )
+    if memory_on is not None:
+        check_lora_fits(skeleton, largest, device=memory_on)
+
+
+def sweep_into(db: str | Path, spec: SweepSpec, runner, progress: bool = True):
+    """Run the sweep into the database ``db`` and return ``(store, summary)``; a store this
+    run created is removed again if the sweep fails before any point finished, so a corrected
+    command starts clean."""
+    db = Path(db)
+    created = not db.exists()
+    store = None
+    try:
+        store = SweepStore(db, spec)
+        return store, run_sweep(spec, store, runner, progress=progress)
+    except BaseException:
+        if created and (store is None or not store.finished_keys()):
+            if store is not None:
+                store.close()
+            for suffix in ("", "-wal", "-shm", "-journal"):
+                Path(f"{db}{suffix}").unlink(missing_ok=True)
+        raise
 
 
 # --- the store -------------------------------------------------------------------------------
