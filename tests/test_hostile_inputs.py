@@ -263,7 +263,7 @@ NUMBERS = [
     ("sweep-tolerance-negative", "sweep -m tiny --plateau-tolerance -1", "--plateau-tolerance", {}),
     ("sweep-max-steps-zero", "sweep -m tiny --max-steps 0", "--max-steps must be", {}),
     ("sweep-window-zero", "sweep -m tiny --plateau-window 0", "--plateau-window must be", {}),
-    ("sweep-workers-zero", "sweep -m tiny --workers 0", "--workers must be a positive", {}),
+    ("sweep-workers-zero", "sweep -m tiny --workers 0", "--workers must be positive, got 0", {}),
     ("sweep-noisy-text", "sweep -m tiny --data noisy:abc", "noisy needs a fraction", {}),
     ("sweep-noisy-two", "sweep -m tiny --data noisy:2", "--data noisy:FRACTION must be", {}),
     ("sweep-ranks-zero", "sweep -m tiny --ranks 0,1", "--ranks must be positive integers", {}),

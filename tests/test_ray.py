@@ -11,7 +11,9 @@ import logging
 import sys
 
 import pytest
+from rich.console import Console
 
+import memlaw.cli as memlaw_cli
 from memlaw.errors import MemlawError
 from memlaw.sweep import LocalExecutor, SweepSpec, SweepStore, run_sweep
 from tests.test_cli import memlaw
@@ -60,6 +62,9 @@ def test_ray_sweep_on_the_command_line_matches_local_and_resumes(tmp_path, capsy
         original(self, point)
 
     monkeypatch.setattr(sweep._SweepProgress, "started", record)
+    # The CLI draws the sweep's bar on a terminal only (elsewhere it would print its last
+    # state before an error line): pretend to be one.
+    monkeypatch.setattr(memlaw_cli, "err_console", Console(stderr=True, force_terminal=True))
     code, out, err = memlaw(
         capsys,
         monkeypatch,

@@ -902,7 +902,8 @@ def _check_sweep_numbers(
     check_integer(batch_size, "--batch-size", low=0, optional=True)
     check_integer(plateau_window, "--plateau-window")
     check_number(plateau_tolerance, "--plateau-tolerance", low=0)
-    check_integer(workers, "--workers", optional=True)
+    if workers is not None and workers <= 0:
+        raise MemlawError(f"--workers must be positive, got {workers}")
 
 
 def _names(text: str, option: str) -> tuple[str, ...]:
