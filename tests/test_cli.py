@@ -230,9 +230,29 @@ def test_real_process_prints_no_traceback(tmp_path):
     assert result.stderr.strip().startswith("error:") and "Traceback" not in result.stderr
 
 
+def test_demo_memorizes_to_certified_recall_and_probes(tmp_path, capsys, monkeypatch):
+    out = tmp_path / "demo"
+    code, stdout, err = memlaw(
+        capsys, monkeypatch, "demo", "-m", "tiny", "--entries", 2, "--rank", 8, "-o", out
+    )
+    assert code == 0, err
+    record = json.loads((out / "record.json").read_text())
+    probe = json.loads((out / "probe.json").read_text())
+    assert record["stop_reason"] == "certified"
+    assert record["config"]["requested_method"] == "memft"  # memlaw train's default method
+    assert probe["certified_share"] == probe["exact_match"] == probe["token_certified_share"] == 1.0
+    assert "100.0% of target tokens above p = 0.5" in stdout
+    assert "100.0% recalled exactly by greedy decoding" in stdout
+    assert "total time:" in stdout
+    # no law for tiny: the demo says so and trains the rank it was given
+    code, stdout, err = memlaw(capsys, monkeypatch, "demo", "-m", "tiny", "--entries", 2, "-o", out)
+    assert code == 0, err
+    assert "plan: memlaw ships no law for 'tiny'" in stdout
+
+
 def test_demo_compares_sft_published_and_recommended_memft(tmp_path, capsys, monkeypatch):
     out = tmp_path / "demo"
-    args = ("demo", "-m", "tiny", "--entries", 3, "--steps", 4, "--rank", 4, "-o", out)
+    args = ("demo", "-m", "tiny", "--entries", 3, "--steps", 4, "--rank", 4, "--compare", "-o", out)
     code, stdout, err = memlaw(capsys, monkeypatch, *args)
     assert code == 0, err
     for method in ("sft", "memft-ot", "memft"):

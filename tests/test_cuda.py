@@ -22,7 +22,7 @@ from memlaw.errors import MemlawError
 from memlaw.forward import FastForward, ReferenceForward
 from memlaw.models import load_model
 from memlaw.probe import probe
-from memlaw.sweep import SweepSpec, SweepStore, fingerprint, run_point
+from memlaw.sweep import COLUMNS, SweepSpec, SweepStore, fingerprint, run_point
 from memlaw.train import TrainConfig, train
 from tests.test_cli import memlaw
 
@@ -141,12 +141,19 @@ LEGACY_SETTINGS = {  # what a database written before --device/--dtype existed h
 }
 
 
+# What sweeps ran under before these settings existed (sweep.LATER_SETTINGS).
+AS_BEFORE = {"batch_size": 0, "stop_at_certified": False, "plateau_on": "delta_loss"}
+
+
 def legacy_database(path: Path, settings: dict = LEGACY_SETTINGS) -> Path:
     spec = {**settings, "ranks": [1, 2], "lengths": [16], "layer_counts": [1]}
     spec |= {"methods": ["sft"], "seeds": [0]}
     connection = sqlite3.connect(path)
     with connection:
         connection.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT)")
+        # as every sweep wrote it: a points table, here with one finished point
+        connection.execute(f"CREATE TABLE points ({COLUMNS})")
+        connection.execute("INSERT INTO points (key) VALUES ('r1-l16-n1-sft-s0')")
         connection.executemany(
             "INSERT INTO meta VALUES (?, ?)",
             [
@@ -163,7 +170,7 @@ def test_a_database_from_before_device_and_dtype_is_accepted_with_the_defaults(t
     path = legacy_database(tmp_path / "old.db")
     old = SweepStore(path).spec()
     assert (old.device, old.dtype) == ("cpu", "float32")
-    spec = SweepSpec(model="tiny", ranks=(1, 2), lengths=(16,), max_steps=40)
+    spec = SweepSpec(model="tiny", ranks=(1, 2), lengths=(16,), max_steps=40, **AS_BEFORE)
     SweepStore(path, spec)  # cpu / float32: the same sweep
     SweepStore(path, SweepSpec(**{**vars(spec), "device": "cpu", "dtype": "float32"}))
     for changes, difference in [
@@ -180,11 +187,10 @@ def test_a_database_from_before_device_and_dtype_is_accepted_with_the_defaults(t
 def test_a_database_that_spells_out_the_defaults_is_accepted(tmp_path):
     explicit = LEGACY_SETTINGS | {"device": "cpu", "dtype": "float32"}
     path = legacy_database(tmp_path / "explicit.db", explicit)
-    SweepStore(path, SweepSpec(model="tiny", ranks=(1,), lengths=(16,), max_steps=40))
+    grid = {"model": "tiny", "ranks": (1,), "lengths": (16,), "max_steps": 40, **AS_BEFORE}
+    SweepStore(path, SweepSpec(**grid))
     with pytest.raises(MemlawError, match="dtype: 'float32' vs 'float16'"):
-        SweepStore(
-            path, SweepSpec(model="tiny", ranks=(1,), lengths=(16,), max_steps=40, dtype="float16")
-        )
+        SweepStore(path, SweepSpec(**grid, dtype="float16"))
 
 
 @pytest.mark.skipif(not SHIPPED_DB.is_file(), reason="laws/smollm2-135m-mlp.db is not here")
@@ -199,6 +205,9 @@ def test_the_shipped_smollm2_database_resumes_on_the_command_line(tmp_path, caps
         ",".join(map(str, spec.lengths)),
     )
     settings = ("--max-steps", spec.max_steps, "--plateau-window", spec.plateau_window)
+    # the settings it ran under, from before memlaw train's recipe became the sweep's default
+    settings += ("--modules", spec.modules, "--batch-size", 0, "--train-past-certified")
+    settings += ("--plateau-on", "delta_loss", "--anneal-patience", 0)
     code, out, err = memlaw(capsys, monkeypatch, "sweep", "--db", db, *grid, *settings)
     assert code == 0, err
     assert f"0 points run, {len(spec.points())} already done" in out

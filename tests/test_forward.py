@@ -15,6 +15,7 @@ def trajectories(name, items_fn, lora, **config):
     for fast in (False, True):
         model, tokenizer = load_model(name)
         encoded = encode_items(items_fn(tokenizer), tokenizer)
+        config = {"batch_size": 0} | config  # the whole set per step unless a test says
         settings = TrainConfig(steps=50, stop_when_certified=False, fast_path=fast, **config)
         runs[fast] = train(model, tokenizer, encoded, lora, settings, final_probe=False)
     return runs[False], runs[True]

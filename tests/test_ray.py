@@ -79,6 +79,8 @@ def test_ray_sweep_on_the_command_line_matches_local_and_resumes(tmp_path, capsy
         STEPS,
         "--plateau-window",
         1000,
+        "--anneal-patience",  # a constant rate, as spec() (SweepSpec's library default)
+        0,
         "--db",
         tmp_path / "ray.db",
         "--executor",
