@@ -19,6 +19,7 @@ from rich.table import Table
 from rich.text import Text
 
 from memlaw.errors import MemlawError, check_integer, check_number
+from memlaw.recipe import ANNEAL_PATIENCE
 
 app = typer.Typer(
     add_completion=False,
@@ -343,7 +344,7 @@ def train_command(
         help="Items per step (0: the whole set; default: about 6 steps per epoch, 4 to 16 items).",
     ),
     anneal_patience: int = typer.Option(
-        10,
+        ANNEAL_PATIENCE,
         "--anneal-patience",
         help="Halve the rate after this many epochs without a 1% better loss (down to lr/8); "
         "a plateau there ends the run (0: constant rate, no plateau stop).",
@@ -679,7 +680,6 @@ def _demo_rank(model: str, base, tokenizer, encoded) -> int:
 
 def _demo_memorize(model, base, tokenizer, encoded, rank, seed, out: Path, entries: int) -> None:
     from memlaw.adapters import LoraSpec, check_lora_fits
-    from memlaw.recipe import ANNEAL_PATIENCE
     from memlaw.train import TrainConfig, save_run
 
     lora = LoraSpec(rank=rank)
@@ -772,7 +772,7 @@ def sweep_command(
         help="End a point once every target token has p > 0.5.",
     ),
     anneal_patience: int = typer.Option(
-        10,
+        ANNEAL_PATIENCE,
         "--anneal-patience",
         help="As memlaw train: halve the rate after this many epochs without progress, down to "
         "lr/8, and end a point at a plateau there (0: constant rate and --plateau-window).",

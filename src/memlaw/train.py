@@ -31,6 +31,7 @@ from memlaw.atomic import atomic_write_dir, atomic_write_json
 from memlaw.data import EncodedItem, target_length
 from memlaw.errors import MemlawError
 from memlaw.forward import choose_forward
+from memlaw.information import ceiling
 from memlaw.objectives import METHODS as METHODS  # the one method list, re-exported
 from memlaw.probe import ProbeReport, mean_target_loss, probe, teacher_forced
 from memlaw.recipe import default_recipe
@@ -370,9 +371,7 @@ class _Stopper:
 
     def __init__(self, config: TrainConfig, optimizer, base_loss: float) -> None:
         self.config = config
-        self.ceiling = base_loss
-        if config.information_baseline is not None:
-            self.ceiling = min(base_loss, config.information_baseline)
+        self.ceiling = ceiling(base_loss, config.information_baseline)
         self.scheduler = None
         if config.anneal_patience:
             self.floor = config.lr * config.anneal_floor
@@ -392,13 +391,26 @@ class _Stopper:
             return bool(window) and _plateaued(
                 log, self.ceiling, window, self.config.plateau_tolerance
             )
-        loss = epoch_summaries(log)[-1][0]
+        loss = _last_epoch_loss(log)
         at_floor = self.scheduler.get_last_lr()[0] <= self.floor * (1 + 1e-9)
         best = self.scheduler.best
         self.scheduler.step(loss)
         improved = self.scheduler.best != best  # it moves only on a 1% better loss
         # At the floor, a reduction it cannot make resets the count: no progress for too long.
         return at_floor and not improved and self.scheduler.num_bad_epochs == 0
+
+
+def _last_epoch_loss(log: list[StepLog]) -> float:
+    """The token-weighted mean loss of the latest epoch (its entry of :func:`epoch_summaries`),
+    read from the end of the log so that asking every epoch stays linear in the run."""
+    epoch = log[-1].epoch
+    total, weight = 0.0, 0
+    for entry in reversed(log):
+        if entry.epoch != epoch:
+            break
+        total += entry.loss * max(entry.tokens, 1)
+        weight += max(entry.tokens, 1)
+    return total / weight
 
 
 def epoch_summaries(log: list[StepLog]) -> list[tuple[float, int]]:
