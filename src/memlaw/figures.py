@@ -587,8 +587,8 @@ def _loss_curve(row: dict) -> tuple[Any, str]:
     axes.grid(True, alpha=0.3)
     _outside_legend(axes)
     caption = (
-        f"Training loss of {row['key']} per step; L0 = {_fixed(row['base_loss'], 3)}, "
-        f"L1 = {_fixed(row['final_loss'], 3)} nats per token, {how}."
+        f"Training loss of {row['key']} per step; L0 = {fixed(row['base_loss'], 3)}, "
+        f"L1 = {fixed(row['final_loss'], 3)} nats per token, {how}."
     )
     return figure, caption
 
@@ -601,7 +601,12 @@ def _empty(figure: Any, axes: Any, message: str) -> tuple[Any, str]:
     return figure, f"{message}."
 
 
-def _fixed(value: float | None, decimals: int) -> str:
+def fixed(value: float | None, decimals: int) -> str:
+    """``value`` with ``decimals`` decimals (losses compare by their decimals), or a dash.
+
+    >>> fixed(10.81234, 3), fixed(None, 3)
+    ('10.812', '—')
+    """
     return "—" if value is None else f"{value:.{decimals}f}"
 
 

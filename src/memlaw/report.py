@@ -15,7 +15,7 @@ from typing import Any
 
 from memlaw.atomic import atomic_write_dir, atomic_write_text
 from memlaw.errors import MemlawError
-from memlaw.figures import Figure, bits_per_param, predicted_delta, save_pngs, sweep_figures
+from memlaw.figures import Figure, bits_per_param, fixed, predicted_delta, save_pngs, sweep_figures
 from memlaw.fit import fit_store, law_points
 from memlaw.law import MemoryLaw
 from memlaw.sweep import SweepSpec, SweepStore, fingerprint
@@ -379,8 +379,8 @@ def _forms_table(forms: list[dict]) -> str:
                 _text(form.get("n_points")),
                 _number(form.get("r2"), 4),
                 _number(form.get("r2_log"), 4),
-                _fixed(form.get("aic"), 1),
-                _fixed(form.get("delta_aic"), 1),
+                fixed(form.get("aic"), 1),
+                fixed(form.get("delta_aic"), 1),
             ]
         )
         classes.append("preferred" if form.get("preferred") else "")
@@ -464,10 +464,10 @@ def _point_columns(rows: list[dict], law: MemoryLaw | None) -> list[tuple[str, C
         ("ℓ", lambda row: row["length"]),
         *[(name, value) for name, value in optional if varies(value)],
         ("params", lambda row: f"{row['trainable_params']:,}"),
-        ("L0", lambda row: _fixed(row["base_loss"], 3)),
-        ("L1", lambda row: _fixed(row["final_loss"], 3)),
-        ("ΔL", lambda row: _fixed(row["delta_loss"], 4)),
-        ("predicted ΔL", lambda row: _fixed(predicted_delta(law, row), 4)),
+        ("L0", lambda row: fixed(row["base_loss"], 3)),
+        ("L1", lambda row: fixed(row["final_loss"], 3)),
+        ("ΔL", lambda row: fixed(row["delta_loss"], 4)),
+        ("predicted ΔL", lambda row: fixed(predicted_delta(law, row), 4)),
         ("exact match", lambda row: _percent(row["exact_match"])),
         ("certified", lambda row: _percent(row["certified_share"])),
         ("bits/param", lambda row: _number(bits_per_param(row), 3)),
@@ -520,15 +520,6 @@ def _number(value: float | None, digits: int) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "—"
     return f"{value:.{digits}g}"
-
-
-def _fixed(value: float | None, decimals: int) -> str:
-    """``value`` with ``decimals`` decimals (losses compare by their decimals), or a dash.
-
-    >>> _fixed(10.81234, 3), _fixed(None, 3)
-    ('10.812', '—')
-    """
-    return "—" if value is None else f"{value:.{decimals}f}"
 
 
 def _percent(value: float | None) -> str:
