@@ -475,6 +475,38 @@ def test_sweep_metadata_kind_and_recipe():
     assert sweep_metadata(spec, [row(1, 250, kind=None)])["data_kind"] is None
 
 
+def test_the_recipe_names_its_annealing():
+    spec = SweepSpec(model="tiny", data="phonebook", max_epochs=400, anneal_patience=10)
+    meta = sweep_metadata(spec, [row(1, 250)])
+    assert meta["anneal_patience"] == 10
+    assert meta["recipe"].startswith("AdamW lr 0.01 halved after 10 epochs without progress")
+
+
+def test_fit_store_validates_the_law_on_off_grid_points(tmp_path):
+    make_store(tmp_path / "grid.db", sweep_rows(), max_epochs=400)
+    # Off-grid: rank 3 at ℓ 1500 on the same law, and rank 6 at ℓ 700 measured 20% lower.
+    off = [row(3, 1500), row(6, 700, delta=0.8 * saturating_truth(6, 700))]
+    make_store(tmp_path / "off.db", off, ranks=(3, 6), lengths=(700, 1500), max_epochs=400)
+    law = fit_store(tmp_path / "grid.db", n_bootstrap=0, validate=tmp_path / "off.db").law
+    check = law.metadata_["validation"]
+    assert check["db"] == "off.db"
+    by_rank = {p["rank"]: p for p in check["points"]}
+    assert by_rank[3]["relative_error"] < 0.02
+    assert by_rank[6]["relative_error"] == pytest.approx(0.25, rel=0.05)
+    assert check["max_relative_error"] == by_rank[6]["relative_error"]
+    for point in check["points"]:
+        assert point["predicted_bits"] >= 0 and point["bits"] >= 0
+        assert point["predicted_certified"] == (point["n_eff"] >= point["certifying_n_eff"])
+        assert point["certified"] == (point["certified_share"] >= 1.0)
+    # Points of another recipe do not validate this law.
+    make_store(tmp_path / "other.db", off, ranks=(3, 6), lengths=(700, 1500), max_epochs=50)
+    with pytest.raises(MemlawError, match="other settings .*max_epochs"):
+        fit_store(tmp_path / "grid.db", n_bootstrap=0, validate=tmp_path / "other.db")
+    make_store(tmp_path / "none.db", [], max_epochs=400)
+    with pytest.raises(MemlawError, match="no finished points"):
+        fit_store(tmp_path / "grid.db", n_bootstrap=0, validate=tmp_path / "none.db")
+
+
 def test_fit_store_on_an_empty_database(tmp_path):
     make_store(tmp_path / "empty.db", [])
     with pytest.raises(MemlawError, match="no finished points yet"):

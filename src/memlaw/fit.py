@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -388,6 +389,63 @@ def fit_sweep(
     return SweepFit(law, compared, holdouts[form], recall, table, excluded)
 
 
+def validate_law(law: MemoryLaw, rows: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+    """The law against points it never saw (an off-grid sweep with the same recipe): per
+    point, predicted vs measured ΔL and memorized bits, and whether the recall law's
+    certifying N_eff agrees with what the run certified.
+
+    >>> rows = [{"rank": r, "layers": 1, "n_eff": r, "length": l, "method": "sft", "seed": 0,
+    ...          "delta_loss": 2.0 * r**0.35 * l**-0.45 + 0.05, "base_loss": 3.0,
+    ...          "hit_cap": False, "certified_share": float(r * 200 >= l)}
+    ...         for r in (1, 2, 4, 8) for l in (100, 200, 400, 800)]
+    >>> law = fit_sweep(rows, metadata={}, forms=("full",), n_bootstrap=0).law
+    >>> off = [dict(rows[0], rank=3, n_eff=3, length=300, certified_share=1.0,
+    ...             delta_loss=2.0 * 3**0.35 * 300**-0.45 + 0.05)]
+    >>> check = validate_law(law, off)
+    >>> check["median_relative_error"] < 1e-3, check["points"][0]["certified"]
+    (True, True)
+    """
+    points = law_points(check_rows(rows))
+    recall = (law.metadata_ or {}).get("recall") or {}
+    records = []
+    for point in points:
+        unit = law.capacity_of(point.rank or point.n_eff, point.layers or 1)
+        predicted = float(
+            law.predict(
+                unit, point.length, base_loss=point.base_loss, info_baseline=point.info_baseline
+            )
+        )
+        if point.base_loss is not None:
+            predicted = min(predicted, point.base_loss)
+        record = {
+            **{key: getattr(point, key) for key in ("rank", "n_eff", "length", "delta_loss")},
+            "predicted_delta": predicted,
+            "relative_error": abs(predicted - point.delta_loss) / abs(point.delta_loss),
+            "certified_share": point.certified_share,
+            "certified": None if point.certified_share is None else point.certified_share >= 1.0,
+        }
+        if point.base_loss is not None:
+            measured = capacity(point)
+            guess = capacity(LawPoint(**{**point.to_dict(), "delta_loss": predicted}))
+            record |= {"bits": measured["bits"], "predicted_bits": guess["bits"]}
+        if "boundary" in recall:
+            needed = certifying_n_eff(recall, point.length)
+            record |= {
+                "certifying_n_eff": needed,
+                "predicted_certified": point.n_eff >= needed,
+                "predicted_certified_share": predicted_certified_share(
+                    recall, point.n_eff, point.length
+                ),
+            }
+        records.append(record)
+    errors = [r["relative_error"] for r in records]
+    return {
+        "points": records,
+        "median_relative_error": float(np.median(errors)),
+        "max_relative_error": float(np.max(errors)),
+    }
+
+
 def _stop_counts(rows: list[Mapping[str, Any]]) -> dict[str, int]:
     counts: dict[str, int] = {}
     for row in rows:
@@ -418,7 +476,7 @@ def sweep_metadata(spec: Any, rows: list[Mapping[str, Any]]) -> dict[str, Any]:
     """What a law records of the sweep it was fitted on: model, placement, data and its kind,
     and the training recipe, so a plan can refuse what the law was not measured on and print
     the command that realizes it."""
-    from memlaw.recipe import MAX_BATCH, MIN_BATCH, UPDATES_PER_EPOCH
+    from memlaw.recipe import ANNEAL_FLOOR, MAX_BATCH, MIN_BATCH, UPDATES_PER_EPOCH
 
     kinds = sorted({str(row["data_kind"]) for row in rows if row.get("data_kind")})
     if spec.batch_size is None:
@@ -430,6 +488,12 @@ def sweep_metadata(spec: Any, rows: list[Mapping[str, Any]]) -> dict[str, Any]:
         batch = "whole set" if spec.batch_size == 0 else f"batch {spec.batch_size}"
     cap = f"≤ {spec.max_epochs} epochs" if spec.max_epochs else f"≤ {spec.max_steps} steps"
     stop = "stop at certified recall or plateau" if spec.stop_at_certified else "stop at plateau"
+    rate = f"AdamW lr {spec.lr:g}"
+    if spec.anneal_patience:
+        rate += (
+            f" halved after {spec.anneal_patience} epochs without progress "
+            f"(to lr/{round(1 / ANNEAL_FLOOR)})"
+        )
     return {
         "model": spec.model,
         "modules": spec.modules,
@@ -441,7 +505,8 @@ def sweep_metadata(spec: Any, rows: list[Mapping[str, Any]]) -> dict[str, Any]:
         "max_steps": None if spec.max_epochs else spec.max_steps,
         "layer_counts": list(spec.layer_counts),
         "grid": {"ranks": list(spec.ranks), "lengths": list(spec.lengths)},
-        "recipe": f"AdamW lr {spec.lr:g}, {batch}, {cap}, {stop}",
+        "anneal_patience": spec.anneal_patience,
+        "recipe": f"{rate}, {batch}, {cap}, {stop}",
         "plateau": {
             "on": spec.plateau_on,
             "window_epochs": spec.plateau_window,
@@ -456,25 +521,53 @@ def fit_store(
     method: str | None = None,
     include_capped: bool = False,
     n_bootstrap: int = 200,
+    validate: Any = None,
 ) -> SweepFit:
     """Fit the law of the sweep in the database ``db`` (opened read-only): what ``memlaw fit``
-    and ``memlaw report`` both run, so the same database gives the same law."""
-    from memlaw.sweep import SweepStore
+    and ``memlaw report`` both run, so the same database gives the same law.
 
-    store = SweepStore(db)
-    try:
-        spec, rows = store.spec(), store.rows()
-    finally:
-        store.close()
+    ``validate``: a second database of off-grid points trained with the same recipe; the law's
+    predictions for them (:func:`validate_law`) land in its metadata as ``validation``.
+    """
+    spec, rows = _read_store(db)
     if method:
         rows = [row for row in rows if row["method"] == method]
         if not rows:
             raise MemlawError(f"the sweep in {db} has no points for method '{method}'")
     if not rows:
         raise MemlawError(f"the sweep in {db} has no finished points yet; run the sweep first")
-    return fit_sweep(
+    fitted = fit_sweep(
         rows,
         metadata=sweep_metadata(spec, rows),
         include_capped=include_capped,
         n_bootstrap=n_bootstrap,
     )
+    if validate is not None:
+        off_spec, off_rows = _read_store(validate)
+        mine, theirs = spec.shared_settings(), off_spec.shared_settings()
+        if mine != theirs:
+            differ = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
+            raise MemlawError(
+                f"the points in {validate} were trained with other settings than the sweep in "
+                f"{db} ({', '.join(differ)}): validate with points of the same recipe"
+            )
+        if method:
+            off_rows = [row for row in off_rows if row["method"] == method]
+        if not off_rows:
+            raise MemlawError(f"{validate} holds no finished points to validate the law with")
+        fitted.law.metadata_["validation"] = {
+            "db": Path(validate).name,
+            **validate_law(fitted.law, off_rows),
+        }
+    return fitted
+
+
+def _read_store(db: Any) -> tuple[Any, list[dict[str, Any]]]:
+    """A sweep database's spec and finished rows, opened read-only."""
+    from memlaw.sweep import SweepStore
+
+    store = SweepStore(db)
+    try:
+        return store.spec(), store.rows()
+    finally:
+        store.close()

@@ -67,6 +67,19 @@ def ceiling(base_loss: float, baseline: float | None) -> float:
     return float(base_loss) if baseline is None else min(float(base_loss), float(baseline))
 
 
+class HasCeiling:
+    """For records that carry a memory set's L0 (``base_loss``) and H (``info_baseline``, None:
+    H = L0): their :attr:`ceiling`."""
+
+    base_loss: float | None
+    info_baseline: float | None
+
+    @property
+    def ceiling(self) -> float | None:
+        """min(L0, H) per token: the most ΔL that can be memory (None without L0)."""
+        return None if self.base_loss is None else ceiling(self.base_loss, self.info_baseline)
+
+
 def memorized_nats(
     length: float, base_loss: float, final_loss: float, baseline: float | None
 ) -> float:

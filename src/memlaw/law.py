@@ -33,6 +33,7 @@ from scipy.optimize import least_squares
 
 from memlaw.atomic import atomic_write_json
 from memlaw.errors import MemlawError
+from memlaw.information import HasCeiling
 
 FORMS = ("full", "no-offset", "rank", "saturating")
 PARAMS = ("C", "alpha", "beta", "b")
@@ -58,7 +59,7 @@ _TOLERANCE = 1e-10
 
 
 @dataclass(frozen=True)
-class LawPoint:
+class LawPoint(HasCeiling):
     """One measurement: ΔL (nats per target token) reached with N_eff on ℓ target tokens.
 
     ``rank``, ``layers`` and ``trainable_params`` are optional; the ``"rank"`` form needs
@@ -82,13 +83,6 @@ class LawPoint:
     info_baseline: float | None = None
     certified_share: float | None = None
     exact_match: float | None = None
-
-    @property
-    def ceiling(self) -> float | None:
-        """min(L0, H): the most of ΔL that can be memory (None without L0)."""
-        from memlaw.information import ceiling
-
-        return None if self.base_loss is None else ceiling(self.base_loss, self.info_baseline)
 
     @classmethod
     def from_dict(cls, record: Mapping[str, Any]) -> LawPoint:

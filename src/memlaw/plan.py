@@ -39,14 +39,15 @@ from memlaw.fit import (
     predicted_certified_share,
     recall_law,  # noqa: F401 (the doctest's)
 )
-from memlaw.information import ceiling
+from memlaw.information import HasCeiling
 from memlaw.law import MemoryLaw, saturating_delta  # noqa: F401 (the doctest's)
+from memlaw.recipe import ANNEAL_PATIENCE
 
 DEFAULT_RANKS = tuple(2**i for i in range(7))  # 1, 2, 4, …, 64
 
 
 @dataclass(frozen=True)
-class MemorySet:
+class MemorySet(HasCeiling):
     """What a plan needs to know of the user's data: ℓ, and when measured, L0, the
     information baseline H (None: H = L0), the data kind and the number of items."""
 
@@ -55,11 +56,6 @@ class MemorySet:
     info_baseline: float | None = None
     kind: str | None = None
     items: int | None = None
-
-    @property
-    def ceiling(self) -> float | None:
-        """min(L0, H) per token: the most ΔL that can be memory (None without L0)."""
-        return None if self.base_loss is None else ceiling(self.base_loss, self.info_baseline)
 
 
 @dataclass
@@ -307,6 +303,8 @@ def train_command(
         parts.append(f"--batch-size {meta['batch_size']}")
     if meta.get("max_epochs"):
         parts.append(f"--epochs {meta['max_epochs']}")
+    if "anneal_patience" in meta and meta["anneal_patience"] != ANNEAL_PATIENCE:
+        parts.append(f"--anneal-patience {meta['anneal_patience'] or 0}")
     return " ".join(parts)
 
 
