@@ -28,6 +28,7 @@ import torch
 from memlaw import objectives
 from memlaw.adapters import LoraSpec, attach_lora, trainable_parameters
 from memlaw.atomic import atomic_write_dir, atomic_write_json
+from memlaw.checkpoint import RunState, load_state, run_fingerprint, save_state
 from memlaw.data import EncodedItem, target_length
 from memlaw.errors import MemlawError
 from memlaw.forward import choose_forward
@@ -169,8 +170,14 @@ def train(
     *,
     on_step: Callable[[StepLog, int], None] | None = None,
     final_probe: bool = True,
+    checkpoint: str | Path | None = None,
+    checkpoint_every: int = 10,
 ) -> TrainResult:
-    """Train a LoRA adapter on ``encoded`` and return the run (the model now carries it)."""
+    """Train a LoRA adapter on ``encoded`` and return the run (the model now carries it).
+
+    ``checkpoint``: a folder for the run's state every ``checkpoint_every`` epochs; started
+    again with it, the same run continues with the very losses it would have had. It stays.
+    """
     config.validate()
     requested = objectives.OBJECTIVES[config.method]
     objective, settings = objectives.resolve(
@@ -187,11 +194,14 @@ def train(
     stopper = _Stopper(config, optimizer, base_loss)
     step_state = _StepState(objective, settings, len(encoded), next(model.parameters()).device)
     certificates = _Certificates(model, encoded, pad, config, budget.full_batch)
-    last_good = _snapshot(params)
-    log: list[StepLog] = []
-    token_probabilities: list[tuple[list[int], list[list[float]]]] = []
+    parts = _Parts(params, optimizer, stopper, step_state, certificates)
+    saver = _Checkpointer(checkpoint, checkpoint_every, run_fingerprint(config, lora, encoded))
+    log, token_probabilities, last_good, elapsed = saver.restore(parts)
+    started -= elapsed
     stop_reason = "budget"
     for step, epoch, batch_items in budget.batches(config.seed, objective.curriculum, config):
+        if log and step < log[-1].step:  # trained before the checkpoint
+            continue
         tick = time.perf_counter()
         losses = forward(batch_items)
         nll, mask = losses.nll, losses.mask
@@ -210,26 +220,17 @@ def train(
         sft_now = step < config.sft_warmup_steps
         taken = step_state.objective_step(batch_items, nll, mask, losses.wrong, sft_now)
         grad_norm = None if taken.skipped else _update(optimizer, params, taken.loss, config)
-        entry = StepLog(
-            step=step + 1,
-            loss=float(plain.detach()),
-            objective=float(taken.loss.detach()),
-            active_tokens=taken.active,
-            above_share=float(above.sum()) / max(int(mask.sum()), 1),
-            certified_items=sum(item_certified),
-            exact_items=int((~(losses.wrong & mask)).all(dim=1).sum()),
-            skipped=taken.skipped,
-            grad_norm=grad_norm,
-            seconds=time.perf_counter() - tick,
-            epoch=epoch + 1,
-            tokens=int(mask.sum()),
-        )
+        entry = _step_entry(step, epoch, plain, taken, losses, above, item_certified, grad_norm)
+        entry.seconds = time.perf_counter() - tick
         log.append(entry)
         if on_step is not None:
             on_step(entry, budget.total_steps)
         if budget.epoch_ends(step) and stopper.plateaued(log):
             stop_reason = "plateau"
             break
+        if budget.epoch_ends(step):
+            seconds = time.perf_counter() - started
+            saver.epoch_done(epoch + 1, parts, last_good, log, token_probabilities, seconds)
 
     seconds = time.perf_counter() - started
     model.eval()
@@ -240,6 +241,87 @@ def train(
     if final_probe:
         result.report = probe(model, tokenizer, encoded, tau=config.tau, base_loss=base_loss)
     return result
+
+
+def _step_entry(step, epoch, plain, taken, losses, above, item_certified, grad_norm) -> StepLog:
+    """The log entry of one step (its time filled in by the loop)."""
+    mask = losses.mask
+    return StepLog(
+        step=step + 1,
+        loss=float(plain.detach()),
+        objective=float(taken.loss.detach()),
+        active_tokens=taken.active,
+        above_share=float(above.sum()) / max(int(mask.sum()), 1),
+        certified_items=sum(item_certified),
+        exact_items=int((~(losses.wrong & mask)).all(dim=1).sum()),
+        skipped=taken.skipped,
+        grad_norm=grad_norm,
+        seconds=0.0,
+        epoch=epoch + 1,
+        tokens=int(mask.sum()),
+    )
+
+
+@dataclass
+class _Parts:
+    """What a checkpoint saves and restores besides the log: the weights, the optimizer, the
+    annealing schedule (in the stopper), the sliding window and the certificates."""
+
+    params: list[torch.Tensor]
+    optimizer: torch.optim.Optimizer
+    stopper: _Stopper
+    step_state: _StepState
+    certificates: _Certificates
+
+
+class _Checkpointer:
+    """Saves the run into ``folder`` every ``every`` epochs and puts it back on a restart
+    (memlaw.checkpoint); without a folder, it does nothing."""
+
+    def __init__(self, folder: str | Path | None, every: int, fingerprint: str) -> None:
+        if every <= 0:
+            raise MemlawError(f"checkpoint_every must be a positive epoch count, got {every}")
+        self.folder, self.every, self.fingerprint = folder, every, fingerprint
+
+    def restore(self, parts: _Parts):
+        """(log, token probabilities, last good weights, seconds trained) of the checkpoint,
+        its state put back into ``parts``; a fresh start without one."""
+        state = None
+        if self.folder is not None:
+            state = load_state(self.folder, self.fingerprint, parts.params[0].device)
+        if state is None:
+            return [], [], _snapshot(parts.params), 0.0
+        with torch.no_grad():
+            for param, saved in zip(parts.params, state.params, strict=True):
+                param.copy_(saved)
+        parts.optimizer.load_state_dict(state.optimizer)
+        if state.scheduler is not None:
+            parts.stopper.scheduler.load_state_dict(state.scheduler)
+        parts.certificates.now = list(state.certified)
+        device = parts.params[0].device
+        parts.step_state.window_state = objectives.SlidingWindowState(
+            **{name: tensor.to(device) for name, tensor in state.window.items()}
+        )
+        log = [StepLog(**entry) for entry in state.log]
+        probabilities = [tuple(entry) for entry in state.token_probabilities]
+        return log, probabilities, state.last_good, state.seconds
+
+    def epoch_done(self, epoch: int, parts: _Parts, last_good, log, probabilities, seconds):
+        if self.folder is None or epoch % self.every:
+            return
+        scheduler = parts.stopper.scheduler
+        state = RunState(
+            params=parts.params,
+            last_good=last_good,
+            optimizer=parts.optimizer.state_dict(),
+            scheduler=None if scheduler is None else scheduler.state_dict(),
+            log=[asdict(entry) for entry in log],
+            certified=list(parts.certificates.now),
+            window=asdict(parts.step_state.window_state),
+            token_probabilities=probabilities,
+            seconds=seconds,
+        )
+        save_state(self.folder, self.fingerprint, state)
 
 
 def _prepare(model, encoded, pad: int, lora: LoraSpec, config: TrainConfig):

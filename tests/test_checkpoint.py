@@ -1,0 +1,94 @@
+"""Checkpoints inside a run: a killed run, started again, continues with the very losses the
+uninterrupted run had."""
+
+import doctest
+import json
+
+import pytest
+
+import memlaw.checkpoint as checkpoint_module
+from memlaw.adapters import LoraSpec
+from memlaw.data import encode_items, generate_phonebook, generate_random_tokens
+from memlaw.errors import MemlawError
+from memlaw.models import load_model
+from memlaw.train import TrainConfig, train
+
+
+class Killed(Exception):
+    pass
+
+
+def items(tokenizer, method: str):
+    if method == "memft-sw":  # one sequence: the sliding window and its per-item state
+        return encode_items(generate_random_tokens(tokenizer, 24, seed=2), tokenizer)
+    return encode_items(generate_phonebook(6, seed=1), tokenizer)
+
+
+def run(method: str, folder=None, kill_at: int | None = None, **changes):
+    model, tokenizer = load_model("tiny")
+    settings = dict(method=method, epochs=9, batch_size=2, lr=0.05, anneal_patience=1)
+    config = TrainConfig(**(settings | changes), stop_when_certified=False)
+
+    def on_step(entry, total):
+        if kill_at is not None and entry.step == kill_at:
+            raise Killed
+
+    kwargs = {} if folder is None else {"checkpoint": folder, "checkpoint_every": 2}
+    return train(
+        model, tokenizer, items(tokenizer, method), LoraSpec(rank=4), config, on_step=on_step,
+        **kwargs,
+    )  # fmt: skip
+
+
+# (method, epochs, the epoch killed in, the last checkpoint before it). The curriculum trains
+# a growing share of the items and checks (and saves) only at the ends of whole epochs.
+CASES = [
+    ("sft", 9, 6, 4),
+    ("memft-ot", 9, 6, 4),
+    ("memft-sw", 9, 6, 4),
+    ("memft-sw-curriculum", 15, 15, 14),
+]
+
+
+@pytest.mark.parametrize(("method", "epochs", "killed", "saved"), CASES)
+def test_a_killed_run_resumes_with_the_same_losses(method, epochs, killed, saved, tmp_path):
+    reference = run(method, epochs=epochs)
+    folder = tmp_path / "run"
+    steps_per_epoch = 1 if method == "memft-sw" else 3
+    with pytest.raises(Killed):
+        run(method, folder, kill_at=(killed - 1) * steps_per_epoch + 1, epochs=epochs)
+    state = json.loads((folder / "state.json").read_text())
+    assert state["log"][-1]["epoch"] == saved
+    resumed = run(method, folder, epochs=epochs)
+    assert [e.loss for e in resumed.log] == [e.loss for e in reference.log]
+    assert [e.step for e in resumed.log] == [e.step for e in reference.log]
+    assert resumed.stop_reason == reference.stop_reason
+    assert resumed.config["final_lr"] == reference.config["final_lr"]
+    assert resumed.report.summary()["final_loss"] == reference.report.summary()["final_loss"]
+
+
+def test_a_checkpoint_of_another_run_is_refused(tmp_path):
+    folder = tmp_path / "run"
+    run("sft", folder, epochs=2)
+    with pytest.raises(MemlawError, match="belongs to another run"):
+        run("sft", folder, epochs=2, lr=0.01)
+
+
+def test_an_unreadable_checkpoint_is_refused(tmp_path):
+    folder = tmp_path / "run"
+    run("sft", folder, epochs=2)
+    (folder / "tensors.safetensors").write_bytes(b"not a tensor file")
+    with pytest.raises(MemlawError, match="cannot be read.*remove the folder"):
+        run("sft", folder, epochs=2)
+
+
+def test_checkpoint_every_must_be_positive(tmp_path):
+    model, tokenizer = load_model("tiny")
+    encoded = items(tokenizer, "sft")
+    with pytest.raises(MemlawError, match="checkpoint_every"):
+        train(model, tokenizer, encoded, LoraSpec(rank=4), TrainConfig(steps=1),
+              checkpoint=tmp_path / "run", checkpoint_every=0)  # fmt: skip
+
+
+def test_doctests():
+    assert doctest.testmod(checkpoint_module).failed == 0
