@@ -390,6 +390,20 @@ def test_recall_law_needs_certified_shares():
         recall_law(points + [LawPoint(8, 100, 1.0)])
 
 
+def test_a_grid_where_every_point_certified_gives_a_measured_lower_bound():
+    points = [
+        LawPoint(n, length, 1.0, certified_share=1.0) for n in (1, 2, 4) for length in LENGTHS
+    ]
+    recall = recall_law(points)
+    assert "boundary" not in recall
+    assert recall["lower_bound"] == {"n_eff": 1, "length": 2000}
+    assert "every point certified its set (N_eff 1 certified ℓ = 2000)" in recall["error"]
+    assert [m["n_eff"] for m in recall["measured"]] == [1, 1, 1, 1]
+    # Shares of ½ or more everywhere but not all certified at the smallest N_eff: no bound.
+    partly = [LawPoint(n, 100, 1.0, certified_share=0.6 if n == 1 else 1.0) for n in (1, 2, 4, 8)]
+    assert recall_law(partly)["lower_bound"] is None
+
+
 def test_measured_boundary_per_length():
     # Certified outright once N_eff ≥ 0.004 ℓ; partly below it.
     points = [

@@ -184,6 +184,26 @@ def test_a_length_alone_plans_delta_but_no_bits():
     assert next(r for r in result.table() if r["rank"] == "4")["memorized bits"] == "—"
 
 
+def test_a_law_whose_every_point_certified_plans_from_what_was_measured():
+    measured = {
+        "error": "no recall boundary on this grid",
+        "lower_bound": {"n_eff": 1, "length": 2000},
+    }
+    law = make_law(recall=measured)
+    result = plan(law, FACTS)  # ℓ 1000: rank 1 certified 2000 tokens on the law's grid
+    assert result.certifying_rank == 1 and result.certifying_rank_range == (1, 1)
+    assert result.holds["certified_length_at_least"] == 2000
+    assert any("measured, not fitted" in note for note in result.notes)
+    beyond = plan(law, MemorySet(length=4000, base_loss=L0, info_baseline=H, kind="facts"))
+    assert beyond.certifying_rank is None
+    assert any("beyond it, so no rank is planned" in note for note in beyond.notes)
+    # On two layers, N_eff 1 is below the smallest rank's N_eff: rank 1 certifies.
+    assert plan(law, FACTS, layers=2).certifying_rank == 1
+    # Measured at N_eff 4: ranks below were not measured, so the range starts at 1.
+    wide = make_law(recall=dict(measured, lower_bound={"n_eff": 4, "length": 2000}))
+    assert plan(wide, FACTS).certifying_rank_range == (1, 4)
+
+
 def test_plan_flags_extrapolation():
     result = plan(make_law(), MemorySet(length=4000), ranks=(1, 64))
     assert any("outside the lengths" in note and "250–2000" in note for note in result.notes)

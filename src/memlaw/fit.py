@@ -196,10 +196,7 @@ def recall_law(
             "or shorter sets"
         )
     if y.min() >= 0.5:
-        raise MemlawError(
-            "no recall boundary on this grid: every point certified its set; measure longer "
-            "sets or smaller ranks"
-        )
+        return _all_certified(usable)
     theta = _logistic_fit(x, y)
     rng = np.random.default_rng(seed)
     draws = []
@@ -231,6 +228,30 @@ def recall_law(
         "measured": measured_boundary(usable),
         "lengths": [plain(min(p.length for p in usable)), plain(max(p.length for p in usable))],
         "n_effs": [plain(min(p.n_eff for p in usable)), plain(max(p.n_eff for p in usable))],
+    }
+
+
+def _all_certified(points: list[LawPoint]) -> dict[str, Any]:
+    """The recall record of a grid whose every point reached a certified share of ½ or more:
+    no boundary to fit, only what was measured, e.g. the longest set the smallest N_eff
+    certified in full (``lower_bound``). ``error`` says so wherever a boundary is looked for."""
+    smallest = min(float(p.n_eff) for p in points)
+    certified = [
+        float(p.length)
+        for p in points
+        if float(p.n_eff) == smallest and (p.certified_share or 0.0) >= 1.0
+    ]
+    bound = {"n_eff": plain(smallest), "length": plain(max(certified))} if certified else None
+    found = "" if bound is None else f" (N_eff {bound['n_eff']} certified ℓ = {bound['length']})"
+    return {
+        "error": (
+            f"no recall boundary on this grid: every point certified its set{found}; "
+            "measure longer sets or smaller ranks to place it"
+        ),
+        "lower_bound": bound,
+        "measured": measured_boundary(points),
+        "lengths": [plain(min(p.length for p in points)), plain(max(p.length for p in points))],
+        "n_effs": [plain(smallest), plain(max(p.n_eff for p in points))],
     }
 
 

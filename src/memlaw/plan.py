@@ -158,6 +158,31 @@ def _recall(law: MemoryLaw) -> Mapping[str, Any] | None:
     return recall
 
 
+def _lower_bound(law: MemoryLaw) -> Mapping[str, Any] | None:
+    """The measured lower bound of a law whose every grid point certified (no boundary)."""
+    recall = (getattr(law, "metadata_", None) or {}).get("recall")
+    return recall.get("lower_bound") if isinstance(recall, Mapping) else None
+
+
+def _measured_rank(bound: Mapping[str, Any], length: float, layers: int, notes: list[str]):
+    """(N_eff, rank range) that certified this long a set on the law's grid, where every point
+    certified; none beyond the lengths it measured."""
+    n_eff, measured = float(bound["n_eff"]), float(bound["length"])
+    if length > measured:
+        notes.append(
+            f"every point of the law's grid certified its set, up to ℓ = {measured:g} at "
+            f"N_eff {n_eff:g}; ℓ = {length:g} is beyond it, so no rank is planned to certify "
+            "the set: sweep longer sets to find the recall boundary"
+        )
+        return None, None
+    rank = _rank_for(n_eff, layers)
+    notes.append(
+        f"measured, not fitted: N_eff {n_eff:g} certified ℓ = {measured:g} on the law's grid, "
+        f"where every point certified (no recall boundary to fit; smaller N_eff not measured)"
+    )
+    return n_eff, (1 if n_eff > layers else rank, rank)
+
+
 def _params_per_rank(law: MemoryLaw) -> float | None:
     """Trainable parameters per unit of N_eff, from the fitted points (None: unknown)."""
     for point in getattr(law, "points_", None) or []:
@@ -225,7 +250,12 @@ def plan(
         )
     recall = _recall(law)
     certifying, certifying_range, holds = None, None, None
-    if recall is None:
+    bound = _lower_bound(law)
+    if recall is None and bound is not None:
+        certifying, certifying_range = _measured_rank(bound, memory.length, layers, notes)
+        if certifying is not None:
+            grid = sorted(set(grid) | {_rank_for(certifying, layers)})
+    elif recall is None:
         notes.append(
             "the law holds no recall data, so no rank is planned to certify the set: refit it "
             "with memlaw fit on a sweep that records certified shares"
@@ -242,6 +272,8 @@ def plan(
     held_rank = current_rank or (None if certifying is None else _rank_for(certifying, layers))
     if held_rank is not None:
         holds = _holds(law, memory, held_rank, layers, span, recall)
+        if recall is None and bound is not None and held_rank * layers >= float(bound["n_eff"]):
+            holds["certified_length_at_least"] = bound["length"]  # measured, no boundary
     return PlanResult(
         memory=memory,
         layers=layers,
