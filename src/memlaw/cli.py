@@ -5,21 +5,29 @@ Bad input ends with a one-line ``error: ...`` on stderr and exit code 2, never a
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import inspect
 import json
 import os
 import sys
 import time
+import typing
 import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
+from typer.models import OptionInfo
 
 from memlaw.errors import MemlawError, check_integer, check_number
-from memlaw.recipe import ANNEAL_PATIENCE
+from memlaw.recipe import ANNEAL_PATIENCE, LEARNING_RATE
 
 app = typer.Typer(
     add_completion=False,
@@ -29,44 +37,125 @@ app = typer.Typer(
 console = Console()
 err_console = Console(stderr=True)
 
+# --- options shared by several commands --------------------------------------------------------
+
 ModelOption = typer.Option(
     "smollm2-135m",
     "--model",
     "-m",
     help="Built-in name (smollm2-135m, tiny), local folder or Hugging Face id.",
 )
-DataOption = typer.Option(
-    None,
-    "--data",
-    "-d",
-    help="Memory set: .jsonl (prompt/target, query/target or question/matching) or a text file.",
-)
-GenerateOption = typer.Option(
-    None,
-    "--generate",
-    "-g",
-    help="Generated memory set: phonebook:N, random:LENGTH or noisy:LENGTH:FRACTION.",
-)
-LengthOption = typer.Option(
-    None, "--length", "-l", help="Keep only the first LENGTH target tokens of the set."
-)
-DataSeedOption = typer.Option(0, "--data-seed", help="Seed of the generator.")
-ChatOption = typer.Option(
-    False, "--chat-template", help="Wrap each prompt in the tokenizer's chat template."
-)
-SeparatorOption = typer.Option(
-    "",
-    "--separator",
-    help="Text ending every prompt (e.g. ' '). Prompt and target are joined as token ids with "
-    "nothing between them: 'Name:' + '555' is learned as 'Name:555'. Probe with the same value.",
-)
-DtypeOption = typer.Option("float32", "--dtype", help="float32, bfloat16 or float16.")
-DeviceOption = typer.Option("cpu", "--device", help="cpu or cuda.")
-RemoteCodeOption = typer.Option(
-    False, "--trust-remote-code", help="Allow a Hub model's own code to run (off by default)."
-)
 DbOption = typer.Option(Path("sweep.db"), "--db", help="Sweep database (SQLite).")
 TauOption = typer.Option(0.5, "--tau", help="Recall boundary: a token is certified when p > tau.")
+DtypeOption = typer.Option("float32", "--dtype", help="float32, bfloat16 or float16.")
+LrOption = typer.Option(LEARNING_RATE, "--lr", help="AdamW learning rate.")
+
+
+def out_option(default: str, help: str) -> Any:
+    """--out/-o: the path a command writes."""
+    return typer.Option(Path(default), "--out", "-o", help=help)
+
+
+def option(default: Any, *names: str, help: str | None = None) -> Any:
+    """A field of an option group (see :func:`with_option_groups`): its default, and the typer
+    option that sets it, made from ``default``, ``names`` and ``help`` (or given whole, as
+    ``option(TauOption)``)."""
+    info = default if isinstance(default, OptionInfo) else typer.Option(default, *names, help=help)
+    return dataclasses.field(default=info.default, metadata={"option": info})
+
+
+@dataclass(frozen=True)
+class MemorySetOptions:
+    """The memory set of audit, probe and train: a data file or a generator, and its encoding."""
+
+    data: Path | None = option(
+        None,
+        "--data",
+        "-d",
+        help="Memory set: .jsonl (prompt/target, query/target or question/matching) or a text file.",
+    )
+    generate: str | None = option(
+        None,
+        "--generate",
+        "-g",
+        help="Generated memory set: phonebook:N, random:LENGTH or noisy:LENGTH:FRACTION.",
+    )
+    length: int | None = option(
+        None, "--length", "-l", help="Keep only the first LENGTH target tokens of the set."
+    )
+    data_seed: int = option(0, "--data-seed", help="Seed of the generator.")
+    chat_template: bool = option(
+        False, "--chat-template", help="Wrap each prompt in the tokenizer's chat template."
+    )
+    separator: str = option(
+        "",
+        "--separator",
+        help="Text ending every prompt (e.g. ' '). Prompt and target are joined as token ids "
+        "with nothing between them: 'Name:' + '555' is learned as 'Name:555'. Probe with the "
+        "same value.",
+    )
+
+    def check(self) -> None:
+        """The options, before any model loads."""
+        if (self.data is None) == (self.generate is None):
+            raise MemlawError("give exactly one of --data FILE or --generate SPEC")
+        if self.data is not None:
+            _check_input_file(self.data, "--data")
+        check_integer(self.length, "--length", optional=True)
+        check_integer(self.data_seed, "--data-seed", low=0)
+
+
+@dataclass(frozen=True)
+class RuntimeOptions:
+    """Where and how the model runs."""
+
+    dtype: str = option(DtypeOption)
+    device: str = option("cpu", "--device", help="cpu or cuda.")
+    trust_remote_code: bool = option(
+        False, "--trust-remote-code", help="Allow a Hub model's own code to run (off by default)."
+    )
+
+    def check(self) -> None:
+        """--dtype and --device, before anything loads."""
+        from memlaw.models import resolve_device, resolve_dtype
+
+        resolve_dtype(self.dtype)
+        resolve_device(self.device)
+
+
+def with_option_groups(command: Callable) -> Callable:
+    """Let ``command`` take a group of options (a dataclass of :func:`option` fields,
+    such as :class:`MemorySetOptions`) as one parameter: typer sees the group's options in
+    that parameter's place, and the command receives them as one dataclass."""
+    signature = inspect.signature(command, eval_str=True)
+    groups = {
+        name: parameter.annotation
+        for name, parameter in signature.parameters.items()
+        if dataclasses.is_dataclass(parameter.annotation)
+    }
+    parameters = []
+    for name, parameter in signature.parameters.items():
+        if name not in groups:
+            parameters.append(parameter)
+            continue
+        hints = typing.get_type_hints(groups[name])
+        parameters += [
+            parameter.replace(name=f.name, annotation=hints[f.name], default=f.metadata["option"])
+            for f in dataclasses.fields(groups[name])
+        ]
+
+    @functools.wraps(command)
+    def run(**options: Any) -> Any:
+        for name, group in groups.items():
+            fields = dataclasses.fields(group)
+            options[name] = group(**{field.name: options.pop(field.name) for field in fields})
+        return command(**options)
+
+    run.__signature__ = signature.replace(parameters=parameters)
+    return run
+
+
+# --- loading -----------------------------------------------------------------------------------
 
 
 def _quiet_transformers() -> None:
@@ -82,40 +171,58 @@ def _quiet_transformers() -> None:
     hub_logging.set_verbosity_error()
 
 
-def load(model: str, dtype: str, device: str, trust_remote_code: bool):
+def load(model: str, runtime: RuntimeOptions = RuntimeOptions()):
     from memlaw.models import load_model
 
     _quiet_transformers()
     with console.status(f"loading {model}…"):
-        return load_model(model, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
+        return load_model(
+            model,
+            dtype=runtime.dtype,
+            device=runtime.device,
+            trust_remote_code=runtime.trust_remote_code,
+        )
 
 
-def check_memory_set_options(data_path, generate, length, data_seed) -> None:
-    """The memory set's options, before any model loads."""
-    if (data_path is None) == (generate is None):
-        raise MemlawError("give exactly one of --data FILE or --generate SPEC")
-    if data_path is not None:
-        _check_input_file(data_path, "--data")
-    check_integer(length, "--length", optional=True)
-    check_integer(data_seed, "--data-seed", low=0)
-
-
-def memory_set(
-    model, tokenizer, data_path, generate, length, data_seed, chat_template, separator=""
-):
+def memory_set(model, tokenizer, memory: MemorySetOptions):
+    """The memory set the options name, encoded for ``model`` (checked by ``memory.check()``)."""
     from memlaw.data import encode_items, generate_items, load_items
     from memlaw.models import context_length
 
-    check_memory_set_options(data_path, generate, length, data_seed)
-    items = load_items(data_path) if data_path else generate_items(generate, tokenizer, data_seed)
+    if memory.data is not None:
+        items = load_items(memory.data)
+    else:
+        items = generate_items(memory.generate, tokenizer, memory.data_seed)
     return encode_items(
         items,
         tokenizer,
-        chat_template=chat_template,
-        length=length,
+        chat_template=memory.chat_template,
+        length=memory.length,
         max_context=context_length(model),
-        separator=separator,
+        separator=memory.separator,
     )
+
+
+def adapted_model_and_data(
+    model: str,
+    adapter: Path | None,
+    memory: MemorySetOptions,
+    tau: float,
+    runtime: RuntimeOptions,
+):
+    """The model (with its adapter, if any), tokenizer and encoded memory set that probe and
+    audit look at; bad options and a broken adapter fail before anything loads."""
+    from memlaw.adapters import check_adapter_files, load_adapter
+
+    check_number(tau, "--tau", low=0, high=1, low_open=True, high_open=True)
+    memory.check()
+    runtime.check()
+    if adapter is not None:
+        check_adapter_files(adapter)
+    base, tokenizer = load(model, runtime)
+    encoded = memory_set(base, tokenizer, memory)
+    target = load_adapter(base, adapter, model_name=model) if adapter else base
+    return target, tokenizer, encoded
 
 
 def _check_input_file(path: Path, option: str) -> None:
@@ -125,127 +232,11 @@ def _check_input_file(path: Path, option: str) -> None:
         raise MemlawError(f"{option} '{path}' is not a file")
 
 
-def _check_runtime(dtype: str, device: str) -> None:
-    """--dtype and --device, before anything loads."""
-    from memlaw.models import resolve_device, resolve_dtype
-
-    resolve_dtype(dtype)
-    resolve_device(device)
-
-
 def _check_not_an_input(out: Path, option: str, inputs: dict[str, Path | None]) -> None:
     """An output must never land on one of the command's inputs."""
     for name, path in inputs.items():
         if path is not None and Path(path).exists() and out.resolve() == Path(path).resolve():
             raise MemlawError(f"{option} '{out}' is the {name} input: give another path")
-
-
-def adapted_model_and_data(
-    model,
-    adapter,
-    data,
-    generate,
-    length,
-    data_seed,
-    chat_template,
-    tau,
-    dtype,
-    device,
-    trust_remote_code,
-    separator="",
-):
-    """The model (with its adapter, if any), tokenizer and encoded memory set that probe and
-    audit look at; bad options and a broken adapter fail before anything loads."""
-    from memlaw.adapters import check_adapter_files, load_adapter
-
-    check_number(tau, "--tau", low=0, high=1, low_open=True, high_open=True)
-    check_memory_set_options(data, generate, length, data_seed)
-    _check_runtime(dtype, device)
-    if adapter is not None:
-        check_adapter_files(adapter)
-    base, tokenizer = load(model, dtype, device, trust_remote_code)
-    encoded = memory_set(
-        base, tokenizer, data, generate, length, data_seed, chat_template, separator
-    )
-    target = load_adapter(base, adapter, model_name=model) if adapter else base
-    return target, tokenizer, encoded
-
-
-def _check_lora_args(rank: int, layers: str | None) -> tuple[int, ...]:
-    if rank <= 0:
-        raise MemlawError(f"--rank must be a positive integer, got {rank}")
-    return _int_list(layers, "--layers", minimum=None) if layers else ()
-
-
-@app.command("audit")
-def audit_command(
-    model: str = ModelOption,
-    adapter: Path = typer.Option(None, "--adapter", "-a", help="A PEFT adapter folder to audit."),
-    data: Path = DataOption,
-    generate: str = GenerateOption,
-    length: int = LengthOption,
-    data_seed: int = DataSeedOption,
-    chat_template: bool = ChatOption,
-    separator: str = SeparatorOption,
-    tau: float = TauOption,
-    as_json: bool = typer.Option(False, "--json", help="Print the audit as JSON."),
-    law_path: Path = typer.Option(
-        None,
-        "--law",
-        help="A fitted law JSON: the advice to raise the rank then quotes its predicted gain.",
-    ),
-    dtype: str = DtypeOption,
-    device: str = DeviceOption,
-    trust_remote_code: bool = RemoteCodeOption,
-) -> None:
-    """How much of a standard SFT step goes to tokens already memorized (p > tau).
-
-    Example: memlaw audit --adapter run1 --data facts.jsonl
-    """
-    from memlaw.audit import audit
-
-    law, n_eff = None, None
-    if law_path is not None:
-        from memlaw.law import MemoryLaw
-
-        if adapter is None:
-            raise MemlawError("--law needs --adapter: the law's gain is counted from its rank")
-        from memlaw.adapters import adapter_n_eff
-
-        law = MemoryLaw.load(law_path)
-        law.check_applies(model=model)
-        n_eff = adapter_n_eff(adapter)
-
-    target, tokenizer, encoded = adapted_model_and_data(
-        model,
-        adapter,
-        data,
-        generate,
-        length,
-        data_seed,
-        chat_template,
-        tau,
-        dtype,
-        device,
-        trust_remote_code,
-        separator,
-    )
-    with console.status("auditing…"):
-        report = audit(target, tokenizer, encoded, tau=tau, law=law, n_eff=n_eff)
-    if as_json:
-        print(json.dumps(report.to_dict(), indent=2))
-        return
-    table = Table(title=f"budget audit (tau = {tau:g}, {report.tokens} target tokens)")
-    table.add_column("measure")
-    table.add_column("value", justify="right")
-    table.add_row("tokens already above the boundary", _pct(report.above_share))
-    table.add_row("SFT loss mass on them", _pct(report.loss_mass_above))
-    table.add_row("SFT gradient mass on them", _pct(report.gradient_mass_above))
-    table.add_row("certified share (items)", _pct(report.certified_share))
-    table.add_row("exact match (items)", _pct(report.exact_match))
-    table.add_row("stubborn tokens", str(report.stubborn_tokens))
-    console.print(table)
-    console.print(f"recommendation: {report.recommendation}")
 
 
 def _int_list(text: str, option: str, minimum: int | None = 1) -> tuple[int, ...]:
@@ -260,6 +251,264 @@ def _int_list(text: str, option: str, minimum: int | None = 1) -> tuple[int, ...
         wanted = "positive integers" if minimum == 1 else f"integers ≥ {minimum}"
         raise MemlawError(f"{option} must be {wanted}, got '{text}'")
     return values
+
+
+# --- output ------------------------------------------------------------------------------------
+
+
+def _print_json(payload: Any) -> None:
+    print(json.dumps(payload, indent=2))
+
+
+def _table(
+    title: str, header: Sequence[str], rows: Sequence[Sequence[str]], *, label: bool
+) -> Table:
+    """A rich table, numbers right-aligned; ``label``: the first column names each row."""
+    table = Table(title=title)
+    for index, column in enumerate(header):
+        table.add_column(column, justify="left" if label and index == 0 else "right")
+    for row in rows:
+        table.add_row(*row)
+    return table
+
+
+def _fmt(value, digits: int = 4) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def _pct(value) -> str:
+    return "-" if value is None else f"{100 * value:.1f}%"
+
+
+# --- audit -------------------------------------------------------------------------------------
+
+
+@app.command("audit")
+@with_option_groups
+def audit_command(
+    model: str = ModelOption,
+    adapter: Path = typer.Option(None, "--adapter", "-a", help="A PEFT adapter folder to audit."),
+    memory: MemorySetOptions = MemorySetOptions(),
+    tau: float = TauOption,
+    as_json: bool = typer.Option(False, "--json", help="Print the audit as JSON."),
+    law_path: Path = typer.Option(
+        None,
+        "--law",
+        help="A fitted law JSON: the advice to raise the rank then quotes its predicted gain.",
+    ),
+    runtime: RuntimeOptions = RuntimeOptions(),
+) -> None:
+    """How much of a standard SFT step goes to tokens already memorized (p > tau).
+
+    Example: memlaw audit --adapter run1 --data facts.jsonl
+    """
+    from memlaw.audit import audit
+
+    law, n_eff = None, None
+    if law_path is not None:
+        from memlaw.adapters import adapter_n_eff
+        from memlaw.law import MemoryLaw
+
+        if adapter is None:
+            raise MemlawError("--law needs --adapter: the law's gain is counted from its rank")
+        law = MemoryLaw.load(law_path)
+        law.check_applies(model=model)
+        n_eff = adapter_n_eff(adapter)
+
+    target, tokenizer, encoded = adapted_model_and_data(model, adapter, memory, tau, runtime)
+    with console.status("auditing…"):
+        report = audit(target, tokenizer, encoded, tau=tau, law=law, n_eff=n_eff)
+    if as_json:
+        _print_json(report.to_dict())
+        return
+    rows = [
+        ("tokens already above the boundary", _pct(report.above_share)),
+        ("SFT loss mass on them", _pct(report.loss_mass_above)),
+        ("SFT gradient mass on them", _pct(report.gradient_mass_above)),
+        ("certified share (items)", _pct(report.certified_share)),
+        ("exact match (items)", _pct(report.exact_match)),
+        ("stubborn tokens", str(report.stubborn_tokens)),
+    ]
+    title = f"budget audit (tau = {tau:g}, {report.tokens} target tokens)"
+    console.print(_table(title, ("measure", "value"), rows, label=True))
+    console.print(f"recommendation: {report.recommendation}")
+
+
+# --- train -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LoraOptions:
+    """The adapter `memlaw train` trains (memlaw.adapters.LoraSpec)."""
+
+    rank: int = option(4, "--rank", "-r", help="LoRA rank.")
+    alpha: float | None = option(None, "--alpha", help="LoRA alpha (default: the rank).")
+    dropout: float = option(0.0, "--lora-dropout", help="LoRA dropout.")
+    layers: str | None = option(
+        None,
+        "--layers",
+        help="Adapted layer indices, e.g. 20 or 18,20 (default: one at 2/3 of the depth).",
+    )
+    modules: str = option(
+        "mlp", "--modules", help="mlp, attn, all, or module names such as up_proj,down_proj."
+    )
+
+    def spec(self):
+        """The checked :class:`memlaw.adapters.LoraSpec`, its numbers named as the user typed them."""
+        from memlaw.adapters import LoraSpec
+
+        check_integer(self.rank, "--rank")
+        check_number(self.alpha, "--alpha", low=0, low_open=True, optional=True)
+        check_number(self.dropout, "--lora-dropout", low=0, high=1, high_open=True)
+        layers = _int_list(self.layers, "--layers", minimum=None) if self.layers else ()
+        spec = LoraSpec(
+            rank=self.rank,
+            alpha=self.alpha,
+            dropout=self.dropout,
+            layers=layers,
+            modules=self.modules,
+        )
+        spec.validate()
+        return spec
+
+
+@dataclass(frozen=True)
+class TrainingOptions:
+    """How `memlaw train` trains (memlaw.train.TrainConfig)."""
+
+    lr: float = option(LrOption)
+    steps: int | None = option(
+        None, "--steps", help="Optimizer steps (the budget; default: the recipe's epoch cap)."
+    )
+    epochs: int | None = option(
+        None, "--epochs", help="Epoch budget (default: 400, ended early by recall or plateau)."
+    )
+    batch_size: int | None = option(
+        None,
+        "--batch-size",
+        help="Items per step (0: the whole set; default: about 6 steps per epoch, 4 to 16 items).",
+    )
+    anneal_patience: int = option(
+        ANNEAL_PATIENCE,
+        "--anneal-patience",
+        help="Halve the rate after this many epochs without a 1% better loss (down to "
+        "lr/8); a plateau there ends the run (0: constant rate, no plateau stop).",
+    )
+    grad_clip: float = option(1.0, "--grad-clip", help="Gradient norm clipping.")
+    seed: int = option(0, "--seed", help="Seed: same seed, same losses.")
+    tau: float = option(TauOption)
+    train_tau: float | None = option(
+        None,
+        "--train-tau",
+        help="MemFT margin: keep training a token while p < this (e.g. 0.8); certify at --tau.",
+    )
+    sft_warmup_steps: int = option(
+        0, "--sft-warmup-steps", help="Schedule: plain SFT for this many steps, then the method."
+    )
+    stop_when_certified: bool = option(
+        True, "--early-stop/--no-early-stop", help="Stop when every target token has p > tau."
+    )
+    fallback: str = option(
+        "skip",
+        "--fallback",
+        help="MemFT-OT with nothing below tau: skip the update or use the plain mean.",
+    )
+    position_decay: float | None = option(
+        None, "--position-decay", help="MemFT-OT position weighting lambda (e.g. 2)."
+    )
+    fast_path: bool = option(
+        True,
+        "--fast-path/--reference-path",
+        help="Cache the frozen layers below the adapter (checked against the plain PEFT path, which is the fallback).",
+    )
+
+    def config(self, method: str):
+        """The checked :class:`memlaw.train.TrainConfig`, its numbers named as the user typed
+        them."""
+        from memlaw.train import TrainConfig
+
+        self.check()
+        fields = dataclasses.asdict(self) | {"anneal_patience": self.anneal_patience or None}
+        config = TrainConfig(method=method, **fields)
+        config.validate()
+        return config
+
+    def check(self) -> None:
+        """Every number, for range and finiteness."""
+        check_number(self.lr, "--lr", low=0, low_open=True)
+        check_integer(self.steps, "--steps", optional=True)
+        check_integer(self.epochs, "--epochs", optional=True)
+        check_integer(self.batch_size, "--batch-size", low=0, optional=True)
+        check_number(self.grad_clip, "--grad-clip", low=0, low_open=True)
+        check_integer(self.seed, "--seed", low=0)
+        check_number(self.tau, "--tau", low=0, high=1, low_open=True, high_open=True)
+        if self.train_tau is not None:
+            check_number(self.train_tau, "--train-tau", low=self.tau, high=1, high_open=True)
+        check_integer(self.sft_warmup_steps, "--sft-warmup-steps", low=0)
+        check_number(self.position_decay, "--position-decay", low=0, optional=True)
+        if self.fallback not in ("skip", "mean"):
+            raise MemlawError(f"--fallback must be skip or mean, got '{self.fallback}'")
+        check_integer(self.anneal_patience, "--anneal-patience", low=0)
+
+
+@app.command("train")
+@with_option_groups
+def train_command(
+    model: str = ModelOption,
+    memory: MemorySetOptions = MemorySetOptions(),
+    method: str = typer.Option(
+        "memft",
+        "--method",
+        help="memft (memlaw's recommended MemFT: memft-ot with train tau 0.8), sft, memft-ot, memft-soft (sigmoid weights), memft-sw (window for one sequence, curriculum for many), memft-sw-window, memft-sw-curriculum, memft-ot-all (memft-ot over all supervised tokens), sft-cap (memft-ot-all with train tau 0.99).",
+    ),
+    lora_options: LoraOptions = LoraOptions(),
+    training: TrainingOptions = TrainingOptions(),
+    out: Path = out_option("memlaw-run", "Output folder for the adapter and record.json."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output folder."),
+    runtime: RuntimeOptions = RuntimeOptions(),
+    as_json: bool = typer.Option(False, "--json", help="Print the run record as JSON."),
+) -> None:
+    """Memorize a memory set into a LoRA adapter (PEFT, safetensors) with SFT or MemFT.
+
+    Prompt and target are tokenized apart and joined as token ids with nothing between them:
+    'Name:' + '9100672710' is learned as 'Name:9100672710'. Give --separator ' ' (or a
+    newline) when your prompts will put one there, and probe with the same value.
+
+    Example: memlaw train --generate phonebook:16 --method memft-ot --rank 1 --out run1
+    """
+    from memlaw.adapters import check_lora_fits
+    from memlaw.atomic import check_writable, remove_stale_staging
+    from memlaw.train import save_run
+
+    lora = lora_options.spec()
+    config = training.config(method)
+    memory.check()
+    runtime.check()
+    check_writable(out, "--out", folder=True, overwrite=overwrite)
+    _check_not_an_input(out, "--out", {"--data": memory.data})
+    remove_stale_staging(out)  # what a killed run on this output left behind
+    base, tokenizer = load(model, runtime)
+    encoded = memory_set(base, tokenizer, memory)
+    check_lora_fits(base, lora)  # layers, modules and memory, before any allocation
+    result = run_training(base, tokenizer, encoded, lora, config, f"{config.method} r={lora.rank}")
+    source = str(memory.data or memory.generate)
+    extra = {"model": model, "data": source, "separator": memory.separator}
+    save_run(result, out, overwrite=overwrite, extra=extra)
+    record = result.record()
+    if as_json:
+        _print_json({k: v for k, v in record.items() if k != "log"})
+    else:
+        console.print(_run_table([(config.method, record)]))
+        console.print(Text.assemble("adapter and record saved to ", (str(out), "bold")))
+    if result.stop_reason == "non-finite loss":
+        raise MemlawError(
+            f"training stopped at step {result.steps + 1}: the loss became non-finite; the last good "
+            f"adapter was saved to {out} — lower --lr"
+        )
 
 
 def _progress() -> Progress:
@@ -298,207 +547,15 @@ def run_training(model, tokenizer, encoded, lora, config, label: str):
         return train(model, tokenizer, encoded, lora, config, on_step=on_step)
 
 
-def _fmt(value, digits: int = 4) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.{digits}f}"
-    return str(value)
-
-
-@app.command("train")
-def train_command(
-    model: str = ModelOption,
-    data: Path = DataOption,
-    generate: str = GenerateOption,
-    length: int = LengthOption,
-    data_seed: int = DataSeedOption,
-    chat_template: bool = ChatOption,
-    separator: str = SeparatorOption,
-    method: str = typer.Option(
-        "memft",
-        "--method",
-        help="memft (memlaw's recommended MemFT: memft-ot with train tau 0.8), sft, memft-ot, memft-soft (sigmoid weights), memft-sw (window for one sequence, curriculum for many), memft-sw-window, memft-sw-curriculum, memft-ot-all (memft-ot over all supervised tokens), sft-cap (memft-ot-all with train tau 0.99).",
-    ),
-    rank: int = typer.Option(4, "--rank", "-r", help="LoRA rank."),
-    alpha: float = typer.Option(None, "--alpha", help="LoRA alpha (default: the rank)."),
-    dropout: float = typer.Option(0.0, "--lora-dropout", help="LoRA dropout."),
-    layers: str = typer.Option(
-        None,
-        "--layers",
-        help="Adapted layer indices, e.g. 20 or 18,20 (default: one at 2/3 of the depth).",
-    ),
-    modules: str = typer.Option(
-        "mlp", "--modules", help="mlp, attn, all, or module names such as up_proj,down_proj."
-    ),
-    lr: float = typer.Option(1e-2, "--lr", help="AdamW learning rate."),
-    steps: int = typer.Option(
-        None, "--steps", help="Optimizer steps (the budget; default: the recipe's epoch cap)."
-    ),
-    epochs: int = typer.Option(
-        None, "--epochs", help="Epoch budget (default: 400, ended early by recall or plateau)."
-    ),
-    batch_size: int = typer.Option(
-        None,
-        "--batch-size",
-        help="Items per step (0: the whole set; default: about 6 steps per epoch, 4 to 16 items).",
-    ),
-    anneal_patience: int = typer.Option(
-        ANNEAL_PATIENCE,
-        "--anneal-patience",
-        help="Halve the rate after this many epochs without a 1% better loss (down to lr/8); "
-        "a plateau there ends the run (0: constant rate, no plateau stop).",
-    ),
-    grad_clip: float = typer.Option(1.0, "--grad-clip", help="Gradient norm clipping."),
-    seed: int = typer.Option(0, "--seed", help="Seed: same seed, same losses."),
-    tau: float = TauOption,
-    train_tau: float = typer.Option(
-        None,
-        "--train-tau",
-        help="MemFT margin: keep training a token while p < this (e.g. 0.8); certify at --tau.",
-    ),
-    sft_warmup_steps: int = typer.Option(
-        0, "--sft-warmup-steps", help="Schedule: plain SFT for this many steps, then the method."
-    ),
-    early_stop: bool = typer.Option(
-        True, "--early-stop/--no-early-stop", help="Stop when every target token has p > tau."
-    ),
-    fallback: str = typer.Option(
-        "skip",
-        "--fallback",
-        help="MemFT-OT with nothing below tau: skip the update or use the plain mean.",
-    ),
-    position_decay: float = typer.Option(
-        None, "--position-decay", help="MemFT-OT position weighting lambda (e.g. 2)."
-    ),
-    fast_path: bool = typer.Option(
-        True,
-        "--fast-path/--reference-path",
-        help="Cache the frozen layers below the adapter (checked against the plain PEFT path, which is the fallback).",
-    ),
-    out: Path = typer.Option(
-        Path("memlaw-run"), "--out", "-o", help="Output folder for the adapter and record.json."
-    ),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output folder."),
-    dtype: str = DtypeOption,
-    device: str = DeviceOption,
-    trust_remote_code: bool = RemoteCodeOption,
-    as_json: bool = typer.Option(False, "--json", help="Print the run record as JSON."),
-) -> None:
-    """Memorize a memory set into a LoRA adapter (PEFT, safetensors) with SFT or MemFT.
-
-    Prompt and target are tokenized apart and joined as token ids with nothing between them:
-    'Name:' + '9100672710' is learned as 'Name:9100672710'. Give --separator ' ' (or a
-    newline) when your prompts will put one there, and probe with the same value.
-
-    Example: memlaw train --generate phonebook:16 --method memft-ot --rank 1 --out run1
-    """
-    from memlaw.adapters import LoraSpec, check_lora_fits
-    from memlaw.atomic import check_writable, remove_stale_staging
-    from memlaw.train import TrainConfig, save_run
-
-    _check_train_numbers(
-        rank=rank, alpha=alpha, dropout=dropout, lr=lr, steps=steps, epochs=epochs,
-        batch_size=batch_size, grad_clip=grad_clip, seed=seed, tau=tau, train_tau=train_tau,
-        sft_warmup_steps=sft_warmup_steps, position_decay=position_decay, fallback=fallback,
-    )  # fmt: skip
-    check_integer(anneal_patience, "--anneal-patience", low=0)
-    layer_indices = _check_lora_args(rank, layers)
-    config = TrainConfig(
-        method=method,
-        lr=lr,
-        steps=steps,
-        epochs=epochs,
-        batch_size=batch_size,
-        grad_clip=grad_clip,
-        seed=seed,
-        tau=tau,
-        stop_when_certified=early_stop,
-        fallback=fallback,
-        position_decay=position_decay,
-        fast_path=fast_path,
-        train_tau=train_tau,
-        sft_warmup_steps=sft_warmup_steps,
-        anneal_patience=anneal_patience or None,
-    )
-    config.validate()
-    lora = LoraSpec(rank=rank, alpha=alpha, dropout=dropout, layers=layer_indices, modules=modules)
-    lora.validate()
-    check_memory_set_options(data, generate, length, data_seed)
-    _check_runtime(dtype, device)
-    check_writable(out, "--out", folder=True, overwrite=overwrite)
-    _check_not_an_input(out, "--out", {"--data": data})
-    remove_stale_staging(out)  # what a killed run on this output left behind
-    base, tokenizer = load(model, dtype, device, trust_remote_code)
-    encoded = memory_set(
-        base, tokenizer, data, generate, length, data_seed, chat_template, separator
-    )
-    check_lora_fits(base, lora)  # layers, modules and memory, before any allocation
-    result = run_training(base, tokenizer, encoded, lora, config, f"{config.method} r={rank}")
-    save_run(
-        result,
-        out,
-        overwrite=overwrite,
-        extra={"model": model, "data": str(data or generate), "separator": separator},
-    )
-    record = result.record()
-    if as_json:
-        print(json.dumps({k: v for k, v in record.items() if k != "log"}, indent=2))
-    else:
-        console.print(_run_table([(config.method, record)]))
-        console.print(Text.assemble("adapter and record saved to ", (str(out), "bold")))
-    if result.stop_reason == "non-finite loss":
-        raise MemlawError(
-            f"training stopped at step {result.steps + 1}: the loss became non-finite; the last good "
-            f"adapter was saved to {out} — lower --lr"
-        )
-
-
-def _check_train_numbers(
-    *,
-    rank: int,
-    alpha: float | None,
-    dropout: float,
-    lr: float,
-    steps: int | None,
-    epochs: int | None,
-    batch_size: int | None,
-    grad_clip: float,
-    seed: int,
-    tau: float,
-    train_tau: float | None,
-    sft_warmup_steps: int,
-    position_decay: float | None,
-    fallback: str,
-) -> None:
-    """Every number of `memlaw train`, for range and finiteness, named as the user typed it."""
-    check_integer(rank, "--rank")
-    check_number(alpha, "--alpha", low=0, low_open=True, optional=True)
-    check_number(dropout, "--lora-dropout", low=0, high=1, high_open=True)
-    check_number(lr, "--lr", low=0, low_open=True)
-    check_integer(steps, "--steps", optional=True)
-    check_integer(epochs, "--epochs", optional=True)
-    check_integer(batch_size, "--batch-size", low=0, optional=True)
-    check_number(grad_clip, "--grad-clip", low=0, low_open=True)
-    check_integer(seed, "--seed", low=0)
-    check_number(tau, "--tau", low=0, high=1, low_open=True, high_open=True)
-    if train_tau is not None:
-        check_number(train_tau, "--train-tau", low=tau, high=1, high_open=True)
-    check_integer(sft_warmup_steps, "--sft-warmup-steps", low=0)
-    check_number(position_decay, "--position-decay", low=0, optional=True)
-    if fallback not in ("skip", "mean"):
-        raise MemlawError(f"--fallback must be skip or mean, got '{fallback}'")
-
-
 RUN_ROWS = (
     ("ℓ (target tokens)", "length", str),
     ("N_eff", "n_eff", str),
     ("trainable params", "trainable_params", str),
-    ("base loss L0", "base_loss", lambda v: _fmt(v)),
-    ("final loss L1", "final_loss", lambda v: _fmt(v)),
-    ("ΔL (nats/token)", "delta_loss", lambda v: _fmt(v)),
-    ("exact match", "exact_match", lambda v: _pct(v)),
-    ("certified share", "certified_share", lambda v: _pct(v)),
+    ("base loss L0", "base_loss", _fmt),
+    ("final loss L1", "final_loss", _fmt),
+    ("ΔL (nats/token)", "delta_loss", _fmt),
+    ("exact match", "exact_match", _pct),
+    ("certified share", "certified_share", _pct),
     ("stubborn tokens", "stubborn_tokens", str),
     ("steps", "steps", str),
     ("stopped by", "stop_reason", str),
@@ -508,31 +565,22 @@ RUN_ROWS = (
 
 def _run_table(runs: list[tuple[str, dict]]) -> Table:
     """Runs side by side: one column per run, one row per measure."""
-    table = Table(title="memorization runs")
-    table.add_column("measure")
-    for label, _ in runs:
-        table.add_column(label, justify="right")
-    for title, key, show in RUN_ROWS:
-        table.add_row(title, *(show(record[key]) for _, record in runs))
-    return table
+    rows = [(title, *(show(record[key]) for _, record in runs)) for title, key, show in RUN_ROWS]
+    header = ("measure", *(label for label, _ in runs))
+    return _table("memorization runs", header, rows, label=True)
 
 
-def _pct(value) -> str:
-    return "-" if value is None else f"{100 * value:.1f}%"
+# --- probe -------------------------------------------------------------------------------------
 
 
 @app.command("probe")
+@with_option_groups
 def probe_command(
     model: str = ModelOption,
     adapter: Path = typer.Option(
         None, "--adapter", "-a", help="A PEFT adapter folder (e.g. from memlaw train)."
     ),
-    data: Path = DataOption,
-    generate: str = GenerateOption,
-    length: int = LengthOption,
-    data_seed: int = DataSeedOption,
-    chat_template: bool = ChatOption,
-    separator: str = SeparatorOption,
+    memory: MemorySetOptions = MemorySetOptions(),
     tau: float = TauOption,
     greedy: bool = typer.Option(
         True, "--greedy/--no-greedy", help="Also decode each item greedily."
@@ -541,9 +589,7 @@ def probe_command(
         False, "--tokens", help="Show every target token of the first items."
     ),
     as_json: bool = typer.Option(False, "--json", help="Print the full report as JSON."),
-    dtype: str = DtypeOption,
-    device: str = DeviceOption,
-    trust_remote_code: bool = RemoteCodeOption,
+    runtime: RuntimeOptions = RuntimeOptions(),
 ) -> None:
     """Show, token by token, what a model (+ adapter) has memorized.
 
@@ -551,57 +597,35 @@ def probe_command(
     """
     from memlaw.probe import probe
 
-    target, tokenizer, encoded = adapted_model_and_data(
-        model,
-        adapter,
-        data,
-        generate,
-        length,
-        data_seed,
-        chat_template,
-        tau,
-        dtype,
-        device,
-        trust_remote_code,
-        separator,
-    )
+    target, tokenizer, encoded = adapted_model_and_data(model, adapter, memory, tau, runtime)
     with console.status("probing…"):
         report = probe(target, tokenizer, encoded, tau=tau, generate=greedy)
     if as_json:
-        print(json.dumps(report.to_dict(), indent=2))
+        _print_json(report.to_dict())
         return
-    summary = Table(title="probe")
-    summary.add_column("measure")
-    summary.add_column("value", justify="right")
-    for key, value in report.summary().items():
-        shown = (
-            _pct(value)
-            if key in ("exact_match", "certified_share", "token_certified_share")
-            else _fmt(value)
-        )
-        summary.add_row(key, shown)
-    console.print(summary)
-    phase = Table(
-        title="phase transition: share of tokens reproduced (argmax given the correct prefix)"
-    )
-    for column in ("teacher-forced p", "tokens", "reproduced"):
-        phase.add_column(column, justify="right")
-    for row in report.phase_transition:
-        phase.add_row(row["bin"], str(row["tokens"]), _pct(row["reproduced"]))
-    console.print(phase)
+    shares = ("exact_match", "certified_share", "token_certified_share")
+    summary = [(k, _pct(v) if k in shares else _fmt(v)) for k, v in report.summary().items()]
+    console.print(_table("probe", ("measure", "value"), summary, label=True))
+    phase = [
+        (row["bin"], str(row["tokens"]), _pct(row["reproduced"])) for row in report.phase_transition
+    ]
+    header = ("teacher-forced p", "tokens", "reproduced")
+    title = "phase transition: share of tokens reproduced (argmax given the correct prefix)"
+    console.print(_table(title, header, phase, label=False))
     if report.stubborn:
-        stubborn = Table(title="stubborn tokens (first greedy error of each failed item)")
-        for column in ("item", "position", "expected", "generated", "p(expected)"):
-            stubborn.add_column(column, justify="right")
-        for s in report.stubborn[:20]:
-            stubborn.add_row(
+        stubborn = [
+            (
                 str(s["item"]),
                 str(s["position"]),
                 repr(s["expected"]),
                 repr(s["generated"]),
                 f"{s['probability']:.3f}",
             )
-        console.print(stubborn)
+            for s in report.stubborn[:20]
+        ]
+        header = ("item", "position", "expected", "generated", "p(expected)")
+        title = "stubborn tokens (first greedy error of each failed item)"
+        console.print(_table(title, header, stubborn, label=False))
     if tokens:
         for item in report.items[:5]:
             line = Text(f"item {item.index}:")
@@ -609,6 +633,9 @@ def probe_command(
                 # Text, not markup: a token such as "[b]" is shown as it is.
                 line.append(f" {tokenizer.decode([t])!r}:{p:.2f}", "green" if p > tau else "red")
             console.print(line)
+
+
+# --- demo --------------------------------------------------------------------------------------
 
 
 @app.command("demo")
@@ -625,9 +652,7 @@ def demo_command(
         help="Instead: SFT, the published MemFT-OT and memlaw's MemFT side by side.",
     ),
     steps: int = typer.Option(100, "--steps", help="With --compare: step budget of each method."),
-    out: Path = typer.Option(
-        Path("memlaw-demo"), "--out", "-o", help="Folder for adapters, records and the plot."
-    ),
+    out: Path = out_option("memlaw-demo", "Folder for adapters, records and the plot."),
 ) -> None:
     """Plan the rank for a generated phonebook, memorize it to certified recall with memlaw's
     default recipe, and probe it: every target token above p = 0.5, every item recalled.
@@ -645,13 +670,18 @@ def demo_command(
         _demo_compare(model, entries, rank or 1, steps, seed, out)
         return
     started = time.perf_counter()
-    base, tokenizer = load(model, "float32", "cpu", False)
-    from memlaw.data import encode_items, generate_phonebook
-
-    encoded = encode_items(generate_phonebook(entries, seed=seed), tokenizer)
+    base, tokenizer, encoded = _demo_phonebook(model, entries, seed)
     rank = rank or _demo_rank(model, base, tokenizer, encoded)
     _demo_memorize(model, base, tokenizer, encoded, rank, seed, out, entries)
     console.print(f"total time: {time.perf_counter() - started:.0f} s", markup=False)
+
+
+def _demo_phonebook(model: str, entries: int, seed: int):
+    """A fresh base model, its tokenizer and the demo's phonebook, encoded."""
+    from memlaw.data import encode_items, generate_phonebook
+
+    base, tokenizer = load(model)
+    return base, tokenizer, encode_items(generate_phonebook(entries, seed=seed), tokenizer)
 
 
 def _demo_rank(model: str, base, tokenizer, encoded) -> int:
@@ -678,15 +708,23 @@ def _demo_rank(model: str, base, tokenizer, encoded) -> int:
     return high
 
 
-def _demo_memorize(model, base, tokenizer, encoded, rank, seed, out: Path, entries: int) -> None:
+def _demo_train(model: str, base, tokenizer, encoded, rank: int, config, out: Path, entries: int):
+    """One demo run: train ``config`` at ``rank`` and save it to ``out``."""
     from memlaw.adapters import LoraSpec, check_lora_fits
-    from memlaw.train import TrainConfig, save_run
+    from memlaw.train import save_run
 
     lora = LoraSpec(rank=rank)
     check_lora_fits(base, lora)
-    config = TrainConfig(method="memft", seed=seed, anneal_patience=ANNEAL_PATIENCE)
-    result = run_training(base, tokenizer, encoded, lora, config, f"memft r={rank}")
+    result = run_training(base, tokenizer, encoded, lora, config, f"{config.method} r={rank}")
     save_run(result, out, overwrite=True, extra={"model": model, "data": f"phonebook:{entries}"})
+    return result
+
+
+def _demo_memorize(model, base, tokenizer, encoded, rank, seed, out: Path, entries: int) -> None:
+    from memlaw.train import TrainConfig
+
+    config = TrainConfig(method="memft", seed=seed, anneal_patience=ANNEAL_PATIENCE)
+    result = _demo_train(model, base, tokenizer, encoded, rank, config, out, entries)
     report = result.report
     summary = report.summary()
     lowest = min(p for item in report.items for p in item.probabilities)
@@ -710,25 +748,15 @@ def _demo_memorize(model, base, tokenizer, encoded, rank, seed, out: Path, entri
 
 def _demo_compare(model: str, entries: int, rank: int, steps: int, seed: int, out: Path) -> None:
     """SFT, the published MemFT-OT and memlaw's MemFT on the same data, rank, budget, seed."""
-    from memlaw.adapters import LoraSpec, check_lora_fits
-    from memlaw.data import encode_items, generate_phonebook
     from memlaw.figures import plot_runs
-    from memlaw.train import TrainConfig, save_run
+    from memlaw.train import TrainConfig
 
     runs = []
     for method in ("sft", "memft-ot", "memft"):
-        base, tokenizer = load(model, "float32", "cpu", False)
-        encoded = encode_items(generate_phonebook(entries, seed=seed), tokenizer)
+        base, tokenizer, encoded = _demo_phonebook(model, entries, seed)
         config = TrainConfig(method=method, steps=steps, seed=seed)
-        check_lora_fits(base, LoraSpec(rank=rank))
         started = time.perf_counter()
-        result = run_training(base, tokenizer, encoded, LoraSpec(rank=rank), config, method)
-        save_run(
-            result,
-            out / method,
-            overwrite=True,
-            extra={"model": model, "data": f"phonebook:{entries}"},
-        )
+        result = _demo_train(model, base, tokenizer, encoded, rank, config, out / method, entries)
         runs.append((method, result))
         console.print(f"{method}: done in {time.perf_counter() - started:.0f} s")
     console.print(_run_table([(label, r.record()) for label, r in runs]))
@@ -736,7 +764,110 @@ def _demo_compare(model: str, entries: int, rank: int, steps: int, seed: int, ou
     console.print(f"adapters, records and the plot are in {out} (plot: {plot})", markup=False)
 
 
+# --- sweep, fit, plan, report ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PointOptions:
+    """How `memlaw sweep` trains each point (memlaw.sweep.SweepSpec's training fields)."""
+
+    lr: float = option(LrOption)
+    max_steps: int = option(600, "--max-steps", help="Step cap of each point.")
+    max_epochs: int | None = option(
+        None, "--max-epochs", help="Epoch cap of each point (replaces --max-steps)."
+    )
+    batch_size: int | None = option(
+        None,
+        "--batch-size",
+        help="Items per step (0: the whole set; default: the default recipe's for each set size).",
+    )
+    stop_at_certified: bool = option(
+        True,
+        "--stop-at-certified/--train-past-certified",
+        help="End a point once every target token has p > 0.5.",
+    )
+    anneal_patience: int = option(
+        ANNEAL_PATIENCE,
+        "--anneal-patience",
+        help="As memlaw train: halve the rate after this many epochs without progress, down "
+        "to lr/8, and end a point at a plateau there (0: constant rate and --plateau-window).",
+    )
+    plateau_on: str = option(
+        "information",
+        "--plateau-on",
+        help="information (min(L0, H) - L1, H the data's baseline) or delta_loss.",
+    )
+    plateau_window: int = option(
+        50, "--plateau-window", help="Epochs per window of the plateau test."
+    )
+    plateau_tolerance: float = option(
+        0.01,
+        "--plateau-tolerance",
+        help="Plateau: relative improvement between windows below this.",
+    )
+
+    def spec_fields(self) -> dict[str, Any]:
+        """The settings as SweepSpec's fields, every number checked and named as the user
+        typed it."""
+        check_number(self.lr, "--lr", low=0, low_open=True)
+        check_integer(self.max_steps, "--max-steps")
+        check_integer(self.max_epochs, "--max-epochs", optional=True)
+        check_integer(self.batch_size, "--batch-size", low=0, optional=True)
+        check_integer(self.plateau_window, "--plateau-window")
+        check_number(self.plateau_tolerance, "--plateau-tolerance", low=0)
+        check_integer(self.anneal_patience, "--anneal-patience", low=0)
+        return dataclasses.asdict(self) | {"anneal_patience": self.anneal_patience or None}
+
+
+@dataclass(frozen=True)
+class ExecutorOptions:
+    """Where `memlaw sweep` runs its points."""
+
+    workers: int | None = option(
+        None,
+        "--workers",
+        help="Points run at once. local: worker processes (default 1; the cores are split between them); ray: default as many as the cluster fits.",
+    )
+    executor: str = option(
+        "local",
+        "--executor",
+        help="local (worker processes here) or ray (Ray tasks; needs pip install ray).",
+    )
+    address: str | None = option(
+        None,
+        "--address",
+        help="Ray cluster to run on (auto, HOST:PORT, ray://HOST:PORT); default: start a local Ray for this sweep.",
+    )
+
+    def check(self) -> None:
+        if self.workers is not None and self.workers <= 0:
+            raise MemlawError(f"--workers must be positive, got {self.workers}")
+        if self.executor not in ("local", "ray"):
+            raise MemlawError(f"unknown --executor '{self.executor}': use local or ray")
+        if self.address is not None and self.executor != "ray":
+            raise MemlawError("--address is for the ray executor: add --executor ray")
+
+    def run(self, db: Path, spec):
+        """Run the sweep's points; where and whether they can run is checked before the store
+        records the sweep."""
+        from memlaw.sweep import LocalExecutor, check_device, check_sweep_fits, sweep_into
+
+        # Off a terminal the bar would print its last state (and a blank line) on stop.
+        progress = err_console.is_terminal
+        if self.executor == "local":
+            check_device(spec.device)
+            check_sweep_fits(spec, memory_on=spec.device)
+            return sweep_into(db, spec, LocalExecutor(workers=self.workers or 1), progress)
+        from memlaw.ray_executor import RayExecutor
+
+        check_sweep_fits(spec, memory_on=None)  # the points run on the cluster's machines
+        with RayExecutor(address=self.address, workers=self.workers) as executor:
+            executor.check(spec)
+            return sweep_into(db, spec, executor, progress)
+
+
 @app.command("sweep")
+@with_option_groups
 def sweep_command(
     model: str = ModelOption,
     data: str = typer.Option(
@@ -756,58 +887,11 @@ def sweep_command(
     ),
     seeds: str = typer.Option("0", "--seeds", help="Comma-separated seeds."),
     modules: str = typer.Option("mlp", "--modules", help="mlp, attn, all, or module names."),
-    lr: float = typer.Option(1e-2, "--lr", help="AdamW learning rate."),
-    max_steps: int = typer.Option(600, "--max-steps", help="Step cap of each point."),
-    max_epochs: int = typer.Option(
-        None, "--max-epochs", help="Epoch cap of each point (replaces --max-steps)."
-    ),
-    batch_size: int = typer.Option(
-        None,
-        "--batch-size",
-        help="Items per step (0: the whole set; default: the default recipe's for each set size).",
-    ),
-    stop_at_certified: bool = typer.Option(
-        True,
-        "--stop-at-certified/--train-past-certified",
-        help="End a point once every target token has p > 0.5.",
-    ),
-    anneal_patience: int = typer.Option(
-        ANNEAL_PATIENCE,
-        "--anneal-patience",
-        help="As memlaw train: halve the rate after this many epochs without progress, down to "
-        "lr/8, and end a point at a plateau there (0: constant rate and --plateau-window).",
-    ),
-    plateau_on: str = typer.Option(
-        "information",
-        "--plateau-on",
-        help="information (min(L0, H) - L1, H the data's baseline) or delta_loss.",
-    ),
-    plateau_window: int = typer.Option(
-        50, "--plateau-window", help="Epochs per window of the plateau test."
-    ),
-    plateau_tolerance: float = typer.Option(
-        0.01,
-        "--plateau-tolerance",
-        help="Plateau: relative improvement between windows below this.",
-    ),
+    points: PointOptions = PointOptions(),
     db: Path = typer.Option(
         Path("sweep.db"), "--db", help="SQLite file of results (re-running resumes)."
     ),
-    workers: int = typer.Option(
-        None,
-        "--workers",
-        help="Points run at once. local: worker processes (default 1; the cores are split between them); ray: default as many as the cluster fits.",
-    ),
-    executor: str = typer.Option(
-        "local",
-        "--executor",
-        help="local (worker processes here) or ray (Ray tasks; needs pip install ray).",
-    ),
-    address: str = typer.Option(
-        None,
-        "--address",
-        help="Ray cluster to run on (auto, HOST:PORT, ray://HOST:PORT); default: start a local Ray for this sweep.",
-    ),
+    runner: ExecutorOptions = ExecutorOptions(),
     dtype: str = DtypeOption,
     device: str = typer.Option(
         "cpu",
@@ -827,17 +911,10 @@ def sweep_command(
     On GPUs of a Ray cluster: memlaw sweep --device cuda --dtype bfloat16 --executor ray --address auto
     """
     from memlaw.atomic import check_writable
-    from memlaw.sweep import LocalExecutor, SweepSpec, check_device, check_sweep_fits, sweep_into
+    from memlaw.sweep import SweepSpec
 
-    _check_sweep_numbers(
-        lr=lr, max_steps=max_steps, max_epochs=max_epochs, batch_size=batch_size,
-        plateau_window=plateau_window, plateau_tolerance=plateau_tolerance, workers=workers,
-    )  # fmt: skip
-    check_integer(anneal_patience, "--anneal-patience", low=0)
-    if executor not in ("local", "ray"):
-        raise MemlawError(f"unknown --executor '{executor}': use local or ray")
-    if address is not None and executor != "ray":
-        raise MemlawError("--address is for the ray executor: add --executor ray")
+    training = points.spec_fields()
+    runner.check()
     _check_sweep_data(data)
     spec = SweepSpec(
         model=model,
@@ -848,62 +925,20 @@ def sweep_command(
         methods=_names(methods, "--methods"),
         seeds=_int_list(seeds, "--seeds", minimum=0),
         modules=modules,
-        lr=lr,
-        max_steps=max_steps,
-        max_epochs=max_epochs,
-        batch_size=batch_size,
-        stop_at_certified=stop_at_certified,
-        anneal_patience=anneal_patience or None,
-        plateau_on=plateau_on,
-        plateau_window=plateau_window,
-        plateau_tolerance=plateau_tolerance,
         device=device,
         dtype=dtype,
         fast_path=fast_path,
+        **training,
     )
     check_writable(db, "--db")
     _quiet_transformers()
-    # Off a terminal the bar would print its last state (and a blank line) on stop.
-    progress = err_console.is_terminal
-    # Check where and whether the points can run before the store records this sweep.
-    if executor == "local":
-        check_device(spec.device)
-        check_sweep_fits(spec, memory_on=spec.device)
-        store, summary = sweep_into(db, spec, LocalExecutor(workers=workers or 1), progress)
-    else:
-        from memlaw.ray_executor import RayExecutor
-
-        check_sweep_fits(spec, memory_on=None)  # the points run on the cluster's machines
-        with RayExecutor(address=address, workers=workers) as runner:
-            runner.check(spec)
-            store, summary = sweep_into(db, spec, runner, progress)
+    store, summary = runner.run(db, spec)
     rows = store.rows()
     capped = sum(r["hit_cap"] for r in rows)
     console.print(
         f"sweep: {summary['done']} points run, {summary['skipped']} already done, "
         f"{len(rows)} in {db}" + (f"; {capped} hit the step cap (not converged)" if capped else "")
     )
-
-
-def _check_sweep_numbers(
-    *,
-    lr: float,
-    max_steps: int,
-    max_epochs: int | None,
-    batch_size: int | None,
-    plateau_window: int,
-    plateau_tolerance: float,
-    workers: int | None,
-) -> None:
-    """Every number of `memlaw sweep`, for range and finiteness, named as the user typed it."""
-    check_number(lr, "--lr", low=0, low_open=True)
-    check_integer(max_steps, "--max-steps")
-    check_integer(max_epochs, "--max-epochs", optional=True)
-    check_integer(batch_size, "--batch-size", low=0, optional=True)
-    check_integer(plateau_window, "--plateau-window")
-    check_number(plateau_tolerance, "--plateau-tolerance", low=0)
-    if workers is not None and workers <= 0:
-        raise MemlawError(f"--workers must be positive, got {workers}")
 
 
 def _names(text: str, option: str) -> tuple[str, ...]:
@@ -927,9 +962,7 @@ def _check_sweep_data(data: str) -> None:
 @app.command("fit")
 def fit_command(
     db: Path = DbOption,
-    out: Path = typer.Option(
-        Path("law.json"), "--out", "-o", help="Where to write the fitted law (JSON)."
-    ),
+    out: Path = out_option("law.json", "Where to write the fitted law (JSON)."),
     method: str = typer.Option(
         None, "--method", help="Fit this method's points (needed when the sweep has several)."
     ),
@@ -1055,7 +1088,7 @@ def plan_command(
     if data is not None:
         from memlaw.data import encode_items, load_items
 
-        base, tokenizer = load(model, "float32", "cpu", False)
+        base, tokenizer = load(model)
         encoded = encode_items(load_items(data), tokenizer)
         with console.status("measuring the base loss of your data…"):
             memory = measure_memory_set(base, tokenizer, encoded)
@@ -1137,9 +1170,7 @@ def _check_plan_options(length, data, layers, base_loss) -> None:
 @app.command("report")
 def report_command(
     db: Path = DbOption,
-    out: Path = typer.Option(
-        Path("report.html"), "--out", "-o", help="The HTML file to write (figures go beside it)."
-    ),
+    out: Path = out_option("report.html", "The HTML file to write (figures go beside it)."),
     law_path: Path = typer.Option(
         None, "--law", help="A fitted law JSON (default: fit the sweep)."
     ),

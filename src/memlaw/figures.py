@@ -24,6 +24,8 @@ from memlaw.law import LawPoint, MemoryLaw, capacity
 GPT_BITS_PER_PARAM = 3.6
 # matplotlib's PNG resolution; 110 dpi keeps a report of eight figures under 1 MB.
 FIGURE_DPI = 110
+# The recall boundary (p = 0.5, loss ln 2) in the figures of one point.
+BOUNDARY = {"color": "firebrick", "linestyle": "--", "linewidth": 1.2}
 
 
 def png_bytes(figure: Any) -> bytes:
@@ -46,13 +48,7 @@ def plot_runs(runs: list[tuple[str, object]], path: str | Path) -> Path:
 
     ``runs`` holds ``(label, TrainResult)`` pairs; the PNG is written atomically.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    path = Path(path)
-    figure, (curves, histogram) = plt.subplots(1, 2, figsize=(11, 4.2))
+    figure, (curves, histogram) = _panels(2, width=5.5, height=4.2)
     for label, run in runs:
         steps = [entry.step for entry in run.log]
         curves.plot(steps, [entry.loss for entry in run.log], label=label, linewidth=1.6)
@@ -73,12 +69,7 @@ def plot_runs(runs: list[tuple[str, object]], path: str | Path) -> Path:
     histogram.set_ylabel("tokens")
     histogram.set_title("final token probabilities")
     histogram.legend()
-    figure.tight_layout()
-
-    try:
-        return save_png(figure, path)
-    finally:
-        plt.close(figure)
+    return save_png(figure, path)
 
 
 @dataclass
@@ -232,15 +223,22 @@ def _plot_measured(
     for capped in (False, True):
         part = [(x, y) for x, y, c in points if c == capped]
         if part:
-            axes.scatter(
-                *zip(*part, strict=True),
-                s=30,
-                facecolors="none" if capped else [color],
-                edgecolors=[color],
-                linewidths=1.3,
-                zorder=3,
-            )
+            _scatter(axes, *zip(*part, strict=True), color=color, capped=capped)
     return len(rows) - len(points)
+
+
+def _scatter(axes: Any, xs: Any, ys: Any, *, color: Any, capped: bool, label: str | None = None):
+    """Measured points: filled when they plateaued, hollow when they hit the step cap."""
+    axes.scatter(
+        xs,
+        ys,
+        s=30,
+        facecolors="none" if capped else [color],
+        edgecolors=[color],
+        linewidths=1.3,
+        label=None if capped else label,
+        zorder=3,
+    )
 
 
 def _grid(values: list[float]) -> np.ndarray:
@@ -283,12 +281,13 @@ def _outside_legend(axes: Any, handles: list | None = None) -> None:
 
 
 def _log_axes(axes: Any, ticks: list[float]) -> None:
-    """Log-log axes with the measured x values as ticks and plain-number labels (8 and 0.3,
-    not 10^0.9 and 3×10^−1): grids are powers of two more often than of ten."""
+    """Log-log axes, gridded, with the measured x values as ticks and plain-number labels (8
+    and 0.3, not 10^0.9 and 3×10^−1): grids are powers of two more often than of ten."""
     from matplotlib.ticker import NullLocator
 
     axes.set_xscale("log")
     axes.set_yscale("log")
+    axes.grid(True, which="major", alpha=0.3)
     if len(set(ticks)) <= 12:  # more would overlap; matplotlib's own ticks are fine then
         axes.set_xticks(sorted(set(ticks)), [f"{t:g}" for t in sorted(set(ticks))])
         axes.xaxis.set_minor_locator(NullLocator())
@@ -354,7 +353,6 @@ def _delta_vs(
             f"ΔL vs {'rank' if x_name == 'rank' else 'ℓ'} — {_group_label(layers, method)}",
             fontsize=10,
         )
-        axes.grid(True, which="major", alpha=0.3)
         _legend(axes, law=law is not None, capped=any(row["hit_cap"] for row in group))
     caption = (
         f"Measured loss reduction per {'rank, one line per length ℓ' if x_name == 'rank' else 'length ℓ, one line per rank'} "
@@ -375,16 +373,10 @@ def _predicted_vs_measured(rows: list[dict], law: MemoryLaw, r2: float | None) -
         for capped in (False, True):
             part = [row for row in shown if row["length"] == length and row["hit_cap"] == capped]
             if part:
-                axes.scatter(
-                    [row["delta_loss"] for row in part],
-                    [predicted_delta(law, row) for row in part],
-                    s=30,
-                    facecolors="none" if capped else [colors[length]],
-                    edgecolors=[colors[length]],
-                    linewidths=1.3,
-                    label=None if capped else f"ℓ = {length}",
-                    zorder=3,
-                )
+                measured = [row["delta_loss"] for row in part]
+                predicted = [predicted_delta(law, row) for row in part]
+                color, label = colors[length], f"ℓ = {length}"
+                _scatter(axes, measured, predicted, color=color, capped=capped, label=label)
     ends = [row["delta_loss"] for row in shown] + [predicted_delta(law, row) for row in shown]
     if ends:
         low, high = min(ends) / 1.3, max(ends) * 1.3
@@ -511,7 +503,6 @@ def _capacity_figure(rows: list[dict], law: MemoryLaw | None) -> tuple[Any, str]
         axes.set_xlabel("LoRA rank r")
         axes.set_ylabel("memorized bits per trainable parameter")
         axes.set_title(f"capacity — {_group_label(layers, method)}", fontsize=10)
-        axes.grid(True, which="major", alpha=0.3)
         _legend(axes, law=law is not None, capped=any(row["hit_cap"] for row in group))
     caption = (
         "Memorized information ℓ · max(0, min(L0, H) − L1) / ln 2 bits (H: the data's "
@@ -526,19 +517,12 @@ def _capacity_figure(rows: list[dict], law: MemoryLaw | None) -> tuple[Any, str]
 
 def _probabilities(row: dict) -> tuple[Any, str]:
     """Histogram of the final teacher-forced probability of every target token of one point."""
-    probabilities = (row["record"] or {}).get("probabilities") or []
-    figure, (axes,) = _panels(1, width=8.4, height=3.8)
+    probabilities, figure, axes = _recorded(row, "probabilities")
     if not probabilities:
         return _empty(figure, axes, f"{row['key']} recorded no token probabilities")
     axes.axvspan(0.0, 0.5, color="#fdecea", zorder=0)
     axes.hist(probabilities, bins=np.linspace(0.0, 1.0, 41), color="#3b6ea8")
-    axes.axvline(
-        0.5,
-        color="firebrick",
-        linestyle="--",
-        linewidth=1.2,
-        label="p = 0.5: above it, greedy\ndecoding reproduces the token",
-    )
+    axes.axvline(0.5, **BOUNDARY, label="p = 0.5: above it, greedy\ndecoding reproduces the token")
     axes.set_yscale("log")
     axes.set_xlim(0.0, 1.0)
     axes.set_xlabel("teacher-forced probability of the target token")
@@ -556,20 +540,13 @@ def _probabilities(row: dict) -> tuple[Any, str]:
 
 def _loss_curve(row: dict) -> tuple[Any, str]:
     """Mean target-token loss per training step of one point, with the ln 2 boundary."""
-    losses = (row["record"] or {}).get("losses") or []
-    figure, (axes,) = _panels(1, width=8.4, height=3.8)
+    losses, figure, axes = _recorded(row, "losses")
     if not losses:
         return _empty(figure, axes, f"{row['key']} recorded no losses")
     axes.plot(
         range(1, len(losses) + 1), losses, color="#3b6ea8", linewidth=1.5, label="training loss"
     )
-    axes.axhline(
-        math.log(2),
-        color="firebrick",
-        linestyle="--",
-        linewidth=1.2,
-        label="ln 2 (p = 0.5 on average)",
-    )
+    axes.axhline(math.log(2), **BOUNDARY, label="ln 2 (p = 0.5 on average)")
     if row["final_loss"] is not None:
         axes.axhline(
             row["final_loss"],
@@ -593,6 +570,12 @@ def _loss_curve(row: dict) -> tuple[Any, str]:
     return figure, caption
 
 
+def _recorded(row: dict, name: str) -> tuple[list[float], Any, Any]:
+    """What one point's record holds under ``name`` (empty if nothing), and a figure for it."""
+    figure, (axes,) = _panels(1, width=8.4, height=3.8)
+    return (row["record"] or {}).get(name) or [], figure, axes
+
+
 def _empty(figure: Any, axes: Any, message: str) -> tuple[Any, str]:
     """A figure that says what is missing rather than an empty frame."""
     figure.set_size_inches(figure.get_size_inches()[0], 1.2)  # a message, not a plot
@@ -614,8 +597,6 @@ def plot_plan(result: Any, law: MemoryLaw, path: str | Path) -> Path:
     """The plan as a PNG: predicted ΔL and memorized bits against N_eff at the plan's ℓ, with
     the ceilings (ΔL ≤ L0, memory ≤ ℓ · min(L0, H)) and the certifying rank with its interval.
     No prediction is drawn above its ceiling."""
-    from matplotlib.figure import Figure as MplFigure
-
     memory, layers = result.memory, result.layers
     n_grid = np.array([row["n_eff"] for row in result.rows], dtype=float)
     smooth = np.geomspace(n_grid.min(), n_grid.max(), 200)
@@ -628,8 +609,7 @@ def plot_plan(result: Any, law: MemoryLaw, path: str | Path) -> Path:
         ),
         dtype=float,
     )
-    figure = MplFigure(figsize=(11, 4.4), layout="constrained")
-    left, right = figure.subplots(1, 2)
+    figure, (left, right) = _panels(2, width=5.5, height=4.4)
     if memory.base_loss is not None:
         delta = np.minimum(delta, memory.base_loss)
         left.axhline(
@@ -641,22 +621,35 @@ def plot_plan(result: Any, law: MemoryLaw, path: str | Path) -> Path:
         ceiling = memory.ceiling
         bits = memory.length * np.maximum(0.0, ceiling - (memory.base_loss - delta)) / math.log(2)
         right.plot(smooth, bits, color="C2", linewidth=2, label="predicted memorized bits")
-        right.axhline(
-            memory.length * ceiling / math.log(2), color="grey", linestyle=":",
-            label=f"ℓ · min(L0, H) = {memory.length * ceiling / math.log(2):.0f} bits",
-        )  # fmt: skip
+        most = memory.length * ceiling / math.log(2)
+        right.axhline(most, color="grey", linestyle=":", label=f"ℓ · min(L0, H) = {most:.0f} bits")
     else:
-        right.text(0.5, 0.5, "memorized bits need L0: plan with --data", ha="center",
-                   transform=right.transAxes, color="grey")  # fmt: skip
+        right.text(
+            0.5,
+            0.5,
+            "memorized bits need L0: plan with --data",
+            ha="center",
+            transform=right.transAxes,
+            color="grey",
+        )
     right.set_ylabel("memorized information (bits)")
     for axes in (left, right):
         if result.certifying_rank is not None:
-            axes.axvline(result.certifying_rank * layers, color="C3", linestyle="--",
-                         label=f"certifies: rank {result.certifying_rank}")  # fmt: skip
+            axes.axvline(
+                result.certifying_rank * layers,
+                color="C3",
+                linestyle="--",
+                label=f"certifies: rank {result.certifying_rank}",
+            )
             if result.certifying_rank_range is not None:
                 low, high = result.certifying_rank_range
-                axes.axvspan(low * layers, high * layers, color="C3", alpha=0.1,
-                             label=f"95% interval: rank {low}–{high}")  # fmt: skip
+                axes.axvspan(
+                    low * layers,
+                    high * layers,
+                    color="C3",
+                    alpha=0.1,
+                    label=f"95% interval: rank {low}–{high}",
+                )
         axes.set_xscale("log")
         axes.set_xlabel(f"N_eff = rank × {layers} adapted layer(s)")
         axes.grid(True, which="both", alpha=0.25)

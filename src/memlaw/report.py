@@ -319,10 +319,14 @@ def _recall_html(recall: dict) -> str:
         f"share: {_percent(recall.get('mean_abs_error'))}.</p>"
     )
     rows = [
-        [_text(m["length"]), _text(m["n_eff"]), _text(m["max_n_eff"]),
-         _percent(m["best_certified_share"])]
+        [
+            _text(m["length"]),
+            _text(m["n_eff"]),
+            _text(m["max_n_eff"]),
+            _percent(m["best_certified_share"]),
+        ]
         for m in recall.get("measured", [])
-    ]  # fmt: skip
+    ]
     header = ["ℓ", "smallest N_eff that certified", "largest N_eff run", "best certified share"]
     return text + _table(header, rows)
 
