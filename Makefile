@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.memlaw-installed
 
-.PHONY: install demo test lint bench phonebook-law vproj-law clean
+.PHONY: install demo test lint bench bench-capacity phonebook-law vproj-law clean
 
 # The pinned CPU build of torch goes in first, so that the range in pyproject.toml
 # is already satisfied and pip never pulls a multi-GB CUDA build.
@@ -36,6 +36,13 @@ bench: install
 	$(BIN)/python bench/cache_memory.py
 	$(BIN)/python bench/memft_vs_sft.py
 	$(BIN)/python bench/time_to_recall.py --search
+
+# MemFT at capacity (issue 11, docs/benchmarks.md): every method x 3 seeds where rank 1 cannot
+# hold the set, two epoch budgets, parameter efficiency, Long-Context r100 and the SFT budget
+# audit. About 110 h on two cores (it prints its estimate first), so not part of `make bench`;
+# resumable: rerun to continue. It reuses the PhoneBook law's finished points (same settings).
+bench-capacity: install
+	$(BIN)/python bench/memft_at_capacity.py --reuse laws/smollm2-135m-phonebook.db
 
 # The default law of smollm2-135m: PhoneBook on the MLP of layer 20, SFT, memlaw train's recipe,
 # every point trained to certified recall or plateau (hours on two cores; resumable: rerun to

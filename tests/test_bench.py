@@ -83,3 +83,121 @@ def test_time_to_recall_bench_runs_every_contender(tmp_path):
         assert row["wall_seconds"]["median"] > 0 and row["peak_rss_mib"]["median"] > 0
     assert "| TRL SFTTrainer + PEFT, same recipe |" in done.stdout
     assert "Recipe search, pb" in done.stdout
+
+
+def test_memft_at_capacity_bench_runs_reports_and_resumes(tmp_path):
+    """Every part on `tiny` (a tiny regime, two methods, two seeds, two epoch caps, a small
+    Long-Context file, a two-rank efficiency grid, the audit); a second run resumes: it runs no
+    point again and leaves every database as it was."""
+    import sqlite3
+
+    long_text = tmp_path / "lc.jsonl"
+    matching = "memory is what the adapter keeps, token after token, " * 3
+    long_text.write_text(json.dumps({"question": "Repeat:", "matching": matching}) + "\n")
+    out = tmp_path / "results"
+    command = [
+        sys.executable,
+        str(BENCH / "memft_at_capacity.py"),
+        *("--model", "tiny", "--regime", "1:16", "--methods", "sft,memft", "--seeds", "0,1"),
+        *("--epochs", "2", "--long-epochs", "3", "--efficiency", "16"),
+        *("--efficiency-ranks", "1,2", "--long-context-file", str(long_text)),
+        *("--long-context-length", "16", "--workers", "1", "--out-dir", str(out)),
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "estimated wall time" in done.stdout
+    report = json.loads((out / "memft_at_capacity.json").read_text())
+    assert [(r["regime"], r["epoch_cap"]) for r in report["regimes"]] == [("1:16", 2), ("1:16", 3)]
+    for regime in report["regimes"]:
+        assert list(regime["methods"]) == ["sft", "memft"]
+        for summary in regime["methods"].values():
+            assert summary["seeds_done"] == 2 and summary["seeds"] == [0, 1]
+            assert 0 <= summary["certified_share"]["min"] <= summary["certified_share"]["max"] <= 1
+            for metric in ("exact_match", "token_certified_share", "memorized_bits"):
+                assert summary[metric] is not None, metric
+            assert summary["token_steps"]["min"] > 0 and not summary["token_steps_estimated"]
+            assert summary["epochs"]["max"] <= regime["epoch_cap"]
+        # two seeds: never a verdict
+        assert regime["verdicts"]["memft"]["certified_share"]["verdict"] == "pending"
+        assert regime["recommended"]["method"] is None
+    long_context = report["long_context"]
+    assert list(long_context["methods"]) == ["sft", "memft-sw"]
+    assert long_context["methods"]["memft-sw"]["seeds_done"] == 2
+    efficiency = report["efficiency"]
+    assert efficiency["ranks"] == [1, 2] and len(efficiency["cells"]) == 4
+    for found in efficiency["smallest_certifying_rank"]["16"].values():
+        assert found["status"] in ("measured", "none of the ranks")
+        assert found["rank"] in (1, 2, None)
+    audit = report["audit"]
+    assert audit["rank"] == 1 and audit["length"] == 16 and audit["trained_now"]
+    assert 0 <= audit["audit"]["gradient_mass_above"] <= 1
+    assert audit["training"]["above_share_per_epoch"]
+    assert (out / "memft_at_capacity.png").is_file()
+    assert "| sft | 2 |" in done.stdout and "Parameter efficiency" in done.stdout
+
+    def snapshot():
+        tables = {}
+        for db in sorted(out.glob("*.db")):
+            with sqlite3.connect(db) as connection:
+                rows = connection.execute("SELECT key, finished_at FROM points ORDER BY key")
+                tables[db.name] = rows.fetchall()
+        return tables
+
+    before = snapshot()
+    assert sum(len(rows) for rows in before.values()) == 4 + 4 + 4 + 4  # efficiency shares 4
+    again = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
+    assert snapshot() == before
+    assert "0 points run" in again.stdout and "for 0 points still to run" in again.stdout
+    second = json.loads((out / "memft_at_capacity.json").read_text())
+    assert second["regimes"] == report["regimes"] and second["audit"] == report["audit"]
+    assert len(second["history"]) == 2
+
+
+def test_memft_at_capacity_verdict_rule_and_smallest_rank():
+    """The verdict needs 3 seeds and separated intervals or one direction on every seed; the
+    smallest certifying rank needs every seed certified, and says when a rank is pending."""
+    import argparse
+    import importlib.util
+
+    loaded = importlib.util.spec_from_file_location("capacity", BENCH / "memft_at_capacity.py")
+    bench = importlib.util.module_from_spec(loaded)
+    loaded.loader.exec_module(bench)
+
+    def rows(*shares, method="m", rank=1, length=100):
+        return [
+            {"seed": seed, "certified_share": share, "method": method, "rank": rank}
+            | {"length": length, "layers": 1}
+            for seed, share in enumerate(shares)
+        ]
+
+    def rule(mine, sft):
+        return bench.verdict(rows(*mine), rows(*sft), "certified_share")["verdict"]
+
+    assert rule((0.9, 0.9), (0.1, 0.1)) == "pending"
+    assert rule((0.8, 0.9, 0.85), (0.5, 0.6, 0.55)) == "better (intervals separated)"
+    assert rule((0.6, 0.7, 0.9), (0.55, 0.65, 0.8)) == "better (all 3 seeds)"
+    assert rule((0.5, 0.6, 0.7), (0.55, 0.65, 0.8)) == "worse (all 3 seeds)"
+    assert rule((0.6, 0.5, 0.9), (0.55, 0.65, 0.8)) == "no clear difference"
+    assert rule((1.0, 1.0, 1.0), (1.0, 1.0, 1.0)) == "tie"
+    assert rule((0.1, 0.2, 0.3), (0.5, 0.6, 0.7)) == "worse (intervals separated)"
+
+    args = argparse.Namespace(
+        efficiency=(100,), efficiency_ranks=(1, 2, 4), seeds=(0, 1, 2), methods=("sft", "memft")
+    )
+    grid = (
+        rows(0.9, 1.0, 1.0, method="sft", rank=1)
+        + rows(1.0, 1.0, 1.0, method="sft", rank=2)
+        + rows(1.0, 1.0, method="memft", rank=1)  # one seed still to run
+        + rows(1.0, 1.0, 1.0, method="memft", rank=2)
+    )
+    smallest = bench.efficiency_summary(grid, args)["smallest_certifying_rank"]["100"]
+    assert smallest["sft"] == {"rank": 2, "status": "measured"}
+    assert smallest["memft"] == {"rank": 2, "status": "at most (a smaller rank is pending)"}
+    summary = bench.regime_summary(
+        rows(0.5, 0.6, 0.55, method="sft") + rows(0.8, 0.9, 0.85, method="memft"),
+        rank=1, length=100, methods=("sft", "memft"), seeds={0, 1, 2}, epochs=400, db="x.db",
+        label="test",
+    )  # fmt: skip
+    assert summary["recommended"]["method"] == "memft"
+    assert summary["methods"]["memft"]["certified_share"]["min"] == 0.8

@@ -277,6 +277,12 @@ def run_point(spec: SweepSpec, point: SweepPoint) -> dict:
             "epochs": [list(e) for e in epoch_summaries(result.log)],
             "baseline": baseline.to_dict(),
             "probabilities": [p for item in result.report.items for p in item.probabilities],
+            # Σ over steps of the batch's supervised tokens (the work), and of those below the
+            # training boundary (p < train_tau) in steps that updated (SFT trains the rest too)
+            "token_steps": sum(entry.tokens for entry in result.log),
+            "active_token_steps": sum(
+                entry.active_tokens for entry in result.log if not entry.skipped
+            ),
         },
     }
 

@@ -1,0 +1,971 @@
+"""MemFT at capacity: fidelity and parameter efficiency where the adapter cannot hold the set.
+
+Issue 11. MemFT's argument is about capacity: when the adapter cannot hold the whole memory set,
+SFT keeps spending its updates on tokens already above p = 0.5 while MemFT spends them on the
+tokens still below. So at equal rank and at plateau MemFT should certify more, and it should
+need a smaller rank to certify a given set. This benchmark measures both, on memlaw's own sweep
+machinery (``memlaw.sweep``), so every run lands in SQLite and a rerun resumes.
+
+Every run uses the PhoneBook law's recipe (``make phonebook-law``, memlaw train's default): the
+default model, memlaw's phonebook generator truncated to ℓ answer tokens, LoRA on the MLP of
+the layer at 2/3 depth, AdamW lr 1e-2, the recipe's batch (about 6 updates per epoch), the rate
+halved after ``recipe.ANNEAL_PATIENCE`` epochs without a 1% better loss down to lr/8, and a stop
+at certified recall (every target token p > 0.5) or at a plateau there, with the same epoch cap
+for every method. The parts, each resumable:
+
+- **At capacity** (``--regime RANK:LENGTH``, repeatable): every method × seed at each regime,
+  with the ``--epochs`` cap (400) and again with ``--long-epochs`` (700; 0 skips it), the
+  longer schedule the paper gives MemFT-SW, given here to every method.
+- **The mechanism** (``--audit``): one SFT run at the first regime (seed 0, same recipe) saved
+  as an adapter, and ``memlaw.audit.audit`` on it: the share of SFT's loss and gradient that
+  goes to tokens already above p = 0.5, plus that share over training from the run's log.
+- **Long-Context** (``--long-context``): MemFT-SW's sliding window (``memft-sw`` on one
+  sequence) against SFT on ``../shared/benchmarks/long_context/r100.jsonl`` truncated to
+  ``--long-context-length`` tokens, rank 1.
+- **Parameter efficiency** (``--efficiency`` lengths × ``--efficiency-ranks``): per method the
+  smallest rank that certifies the set on every seed; these runs share the at-capacity
+  database (same settings), so a regime that is also an efficiency cell runs once.
+
+Measured per run at its end: certified share (items with every token p > 0.5), exact match
+(greedy), the share of target tokens with p > 0.5, memorized bits (ℓ · (min(L0, H) − L1) / ln 2
+with H the generator's exact entropy), final loss, epochs, token-steps (supervised tokens summed
+over steps) and wall seconds. Per (regime, budget, method): seeds done, mean and min–max.
+
+Verdict, per regime and budget, for each method against SFT on certified share (and, reported
+alongside, on token share and exact match): with fewer than 3 seeds done for both, "pending";
+"better"/"worse" when the min–max intervals over seeds are separated, or when every seed (paired
+by seed) moves the same way; "tie" when every seed is equal; otherwise "no clear difference".
+A regime's recommended method is the best by mean certified share of those that beat SFT, else
+SFT.
+
+Databases, under ``--out-dir`` (bench/results): ``memft_at_capacity-phonebook-e<epochs>.db``
+(the regimes and the efficiency grid) and ``memft_at_capacity-longcontext-e<epochs>.db``; the
+audit's adapter in ``memft_at_capacity-audit-<model>-r<rank>-l<length>-e<epochs>/``. ``--reuse
+DB`` copies finished points from another sweep database with the same settings (the PhoneBook
+law's, ``laws/smollm2-135m-phonebook.db``, holds SFT seed 0 at ranks 1–8, ℓ 250–4000).
+
+Run (full scale, from the repository root; hours to days, see the estimate it prints first):
+    .venv/bin/python bench/memft_at_capacity.py --reuse laws/smollm2-135m-phonebook.db
+    .venv/bin/python bench/memft_at_capacity.py --report-only   # tabulate what is done
+Writes bench/results/memft_at_capacity.json (after every part) and memft_at_capacity.png
+(certified share vs rank per method, from the efficiency runs), and prints markdown tables.
+
+Estimated wall time at the defaults on two cores (2 workers of 1 thread, ~6 ms per answer token
+per epoch per worker for smollm2-135m; a point at capacity assumed to run 0.75 of its epoch cap,
+as the law sweep's ℓ 2000–4000 points ran 250–400 of 400, a point below capacity 100 epochs):
+at capacity 31 h (400 epochs) + 55 h (700 epochs), efficiency 23 h, Long-Context 0.8 h, audit 1 h:
+about 110 h; at most about 170 h if every point ran to its cap.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+RESULTS = Path(__file__).parent / "results"
+BENCHMARKS = Path(__file__).resolve().parents[2] / "shared" / "benchmarks"
+LONG_CONTEXT_FILE = BENCHMARKS / "long_context" / "r100.jsonl"
+NAME = "memft_at_capacity"
+
+DEFAULT_REGIMES = ("1:2000", "1:4000")
+DEFAULT_METHODS = "sft,memft-ot,memft-sw,memft,memft-soft,sft-cap,memft-ot-all"
+MIN_SEEDS = 3  # no verdict with fewer seeds
+MS_PER_TOKEN_EPOCH = 6.0  # smollm2-135m, one worker of one thread, on this machine
+CAPACITY_EPOCH_SHARE = 0.75  # a point at capacity runs about this share of its epoch cap
+BELOW_CAPACITY_EPOCHS = 100  # ... and one below capacity certifies in about this many epochs
+CAPACITY_TOKENS_PER_RANK = 1000  # PhoneBook tokens per rank beyond which a point is at capacity
+
+METRICS = (
+    "certified_share",
+    "exact_match",
+    "token_certified_share",
+    "memorized_bits",
+    "final_loss",
+    "epochs",
+    "token_steps",
+    "wall_seconds",
+)
+VERDICT_METRICS = ("certified_share", "token_certified_share", "exact_match")
+
+
+# --- options ---------------------------------------------------------------------------------
+
+
+def parse_regime(text: str) -> tuple[int, int]:
+    rank, sep, length = text.partition(":")
+    try:
+        values = int(rank), int(length)
+    except ValueError:
+        values = (0, 0)
+    if not sep or min(values) <= 0:
+        raise argparse.ArgumentTypeError(f"--regime wants RANK:LENGTH, e.g. 1:2000, got '{text}'")
+    return values
+
+
+def int_list(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers, got '{text}'"
+        ) from None
+    if any(v < 0 for v in values):
+        raise argparse.ArgumentTypeError(f"expected non-negative integers, got '{text}'")
+    return values
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--regime",
+        type=parse_regime,
+        action="append",
+        help=f"RANK:LENGTH at capacity, repeatable (default {' and '.join(DEFAULT_REGIMES)})",
+    )
+    parser.add_argument("--methods", default=DEFAULT_METHODS)
+    parser.add_argument("--seeds", type=int_list, default=(0, 1, 2))
+    parser.add_argument("--epochs", type=int, default=400, help="epoch cap of every run")
+    parser.add_argument(
+        "--long-epochs", type=int, default=700, help="a second pass at this cap (0: skip)"
+    )
+    parser.add_argument(
+        "--efficiency", type=int_list, default=(1000, 2000), help="lengths ('' : skip)"
+    )
+    parser.add_argument("--efficiency-ranks", type=int_list, default=(1, 2, 4))
+    parser.add_argument("--long-context", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--long-context-file", type=Path, default=LONG_CONTEXT_FILE)
+    parser.add_argument("--long-context-length", type=int, default=512)
+    parser.add_argument("--long-context-methods", default="sft,memft-sw")
+    parser.add_argument(
+        "--audit",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="train and audit one SFT adapter at the first regime",
+    )
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (own databases)")
+    parser.add_argument("--dtype", default="float32")
+    parser.add_argument(
+        "--reuse",
+        type=Path,
+        action="append",
+        default=[],
+        help="copy finished points from this sweep database when its settings are the same",
+    )
+    parser.add_argument("--out-dir", type=Path, default=RESULTS)
+    parser.add_argument("--report-only", action="store_true", help="tabulate, run nothing")
+    args = parser.parse_args(argv)
+    args.regime = args.regime or [parse_regime(r) for r in DEFAULT_REGIMES]
+    args.methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
+    args.long_context_methods = tuple(
+        m.strip() for m in args.long_context_methods.split(",") if m.strip()
+    )
+    if not args.seeds or not args.methods:
+        parser.error("--seeds and --methods need at least one value")
+    if "sft" not in args.methods:
+        parser.error("--methods must include sft: every verdict is against it")
+    if args.epochs <= 0 or args.long_epochs < 0 or args.workers <= 0:
+        parser.error("--epochs and --workers must be positive, --long-epochs 0 or more")
+    if args.efficiency and not args.efficiency_ranks:
+        parser.error("--efficiency needs --efficiency-ranks")
+    return args
+
+
+# --- the plan: which sweeps, into which databases ---------------------------------------------
+
+
+def make_spec(args, *, ranks, lengths, methods, epochs: int, data: str = "phonebook"):
+    """The PhoneBook law's settings (make phonebook-law) with this grid and epoch cap."""
+    from memlaw.recipe import ANNEAL_PATIENCE
+    from memlaw.sweep import SweepSpec
+
+    return SweepSpec(
+        model=args.model,
+        data=data,
+        ranks=tuple(ranks),
+        lengths=tuple(lengths),
+        layer_counts=(1,),
+        methods=tuple(methods),
+        seeds=tuple(args.seeds),
+        modules="mlp",
+        lr=0.01,
+        max_steps=600,  # memlaw sweep's default; max_epochs replaces it
+        max_epochs=epochs,
+        plateau_window=20,
+        plateau_tolerance=0.01,
+        batch_size=None,  # the recipe's
+        stop_at_certified=True,
+        plateau_on="information",
+        anneal_patience=ANNEAL_PATIENCE,
+        device=args.device,
+        dtype=args.dtype,
+    )
+
+
+def db_path(args, part: str, epochs: int) -> Path:
+    device = "" if args.device == "cpu" else "-" + args.device.replace(":", "")
+    return args.out_dir / f"{NAME}-{part}-e{epochs}{device}.db"
+
+
+def long_context_data(args) -> str:
+    """The data file as the sweep stores it: relative to the working directory (run from the
+    repository root), so that the database's settings do not depend on where the clone is."""
+    return os.path.relpath(args.long_context_file, Path.cwd())
+
+
+def plan(args) -> list[dict]:
+    """Every sweep to run, in the order they run: at capacity (the main budget), Long-Context,
+    efficiency, the long budget (the audit runs after the first). Each job: its phase, label,
+    database, spec, and whether its points sit at capacity (for the estimate)."""
+    jobs = []
+
+    def add(phase, label, part, epochs, capacity, **grid):
+        spec = make_spec(args, epochs=epochs, **grid)
+        jobs.append(
+            {
+                "phase": phase,
+                "label": label,
+                "db": db_path(args, part, epochs),
+                "spec": spec,
+                "capacity": capacity,
+            }
+        )
+
+    for rank, length in args.regime:
+        label = f"rank {rank}, ℓ {length}, {args.epochs} epochs"
+        add(
+            "capacity",
+            label,
+            "phonebook",
+            args.epochs,
+            True,
+            ranks=(rank,),
+            lengths=(length,),
+            methods=args.methods,
+        )
+    if args.long_context:
+        label = f"Long-Context {args.long_context_file.name}, ℓ {args.long_context_length}"
+        add(
+            "long-context",
+            label,
+            "longcontext",
+            args.epochs,
+            True,
+            ranks=(1,),
+            lengths=(args.long_context_length,),
+            methods=args.long_context_methods,
+            data=long_context_data(args),
+        )
+    if args.efficiency:
+        add(
+            "efficiency",
+            "parameter efficiency",
+            "phonebook",
+            args.epochs,
+            None,
+            ranks=args.efficiency_ranks,
+            lengths=args.efficiency,
+            methods=args.methods,
+        )
+    if args.long_epochs:
+        for rank, length in args.regime:
+            label = f"rank {rank}, ℓ {length}, {args.long_epochs} epochs"
+            add(
+                "long",
+                label,
+                "phonebook",
+                args.long_epochs,
+                True,
+                ranks=(rank,),
+                lengths=(length,),
+                methods=args.methods,
+            )
+    return jobs
+
+
+def finished_keys(db: Path) -> set[str]:
+    from memlaw.sweep import SweepStore
+
+    if not db.is_file():
+        return set()
+    store = SweepStore(db)
+    try:
+        return store.finished_keys()
+    finally:
+        store.close()
+
+
+def likely_epochs(point, cap: int, capacity: bool | None) -> float:
+    """A rough guess of a point's epochs, for the estimate: at capacity, most of the cap (the
+    law sweep's ℓ 2000–4000 points ran 250–400 of 400 epochs); below it, ~100 epochs."""
+    if capacity is None:  # an efficiency cell: at capacity when ℓ per rank is large
+        capacity = point.length / point.rank >= CAPACITY_TOKENS_PER_RANK
+    return cap * CAPACITY_EPOCH_SHARE if capacity else min(cap, BELOW_CAPACITY_EPOCHS)
+
+
+def estimate(args, jobs: list[dict]) -> dict:
+    """Wall time of what is left: ~6 ms per answer token per epoch per worker, the points
+    spread over the workers; the audit's one run on its own."""
+    likely, at_most, points = {}, {}, 0
+    planned: dict[Path, set[str]] = {}
+    for job in jobs:
+        done = planned.setdefault(job["db"], finished_keys(job["db"]))
+        for source in same_settings_sources(job["spec"], args.reuse, job["db"]):
+            done |= finished_keys(source)  # copied, not run
+        cap = job["spec"].max_epochs
+        for point in job["spec"].points():
+            if point.key in done:
+                continue
+            done.add(point.key)  # a cell shared by two jobs runs once
+            points += 1
+            seconds = MS_PER_TOKEN_EPOCH / 1000 * point.length / args.workers
+            likely[job["label"]] = likely.get(job["label"], 0.0) + seconds * likely_epochs(
+                point, cap, job["capacity"]
+            )
+            at_most[job["label"]] = at_most.get(job["label"], 0.0) + seconds * cap
+    if args.audit and not (audit_dir(args) / "audit.json").is_file():
+        rank, length = args.regime[0]
+        seconds = MS_PER_TOKEN_EPOCH / 1000 * length
+        likely["audit (one SFT run)"] = seconds * args.epochs * CAPACITY_EPOCH_SHARE
+        at_most["audit (one SFT run)"] = seconds * args.epochs
+    return {
+        "points_to_run": points,
+        "ms_per_token_epoch_per_worker": MS_PER_TOKEN_EPOCH,
+        "workers": args.workers,
+        "likely_hours": {k: round(v / 3600, 2) for k, v in likely.items()},
+        "at_most_hours": {k: round(v / 3600, 2) for k, v in at_most.items()},
+        "likely_total_hours": round(sum(likely.values()) / 3600, 1),
+        "at_most_total_hours": round(sum(at_most.values()) / 3600, 1),
+        "assumes": (
+            f"{MS_PER_TOKEN_EPOCH:g} ms per answer token per epoch per worker (smollm2-135m, one "
+            f"thread); a point at capacity runs {CAPACITY_EPOCH_SHARE:g} of its epoch cap, one "
+            f"below capacity (ℓ / rank < {CAPACITY_TOKENS_PER_RANK}) {BELOW_CAPACITY_EPOCHS} "
+            "epochs; at most: every point to its cap"
+        ),
+    }
+
+
+def print_estimate(est: dict) -> None:
+    print(
+        f"estimated wall time: about {est['likely_total_hours']:g} h "
+        f"(at most {est['at_most_total_hours']:g} h) for {est['points_to_run']} points still "
+        f"to run on {est['workers']} worker(s)",
+        flush=True,
+    )
+    for label, hours in est["likely_hours"].items():
+        print(f"  {label}: ~{hours:g} h (at most {est['at_most_hours'][label]:g} h)", flush=True)
+
+
+# --- running --------------------------------------------------------------------------------
+
+
+def same_settings_sources(spec, sources: list[Path], db: Path | None = None) -> list[Path]:
+    """The sweep databases among ``sources`` run with ``spec``'s settings (not ``db`` itself)."""
+    from memlaw.sweep import SweepStore
+
+    settings = json.dumps(spec.shared_settings(), sort_keys=True)
+    matching = []
+    for source in sources:
+        if not source.is_file() or (db is not None and db.exists() and source.samefile(db)):
+            continue
+        other = SweepStore(source)
+        try:
+            if json.dumps(other.spec().shared_settings(), sort_keys=True) == settings:
+                matching.append(source)
+        finally:
+            other.close()
+    return matching
+
+
+def reuse_points(spec, db: Path, sources: list[Path]) -> int:
+    """Copy finished points of ``spec`` from other sweep databases run with the same settings
+    (e.g. the PhoneBook law's); returns how many were copied."""
+    from memlaw.sweep import SweepStore
+
+    matching = same_settings_sources(spec, sources, db)
+    if not matching:
+        return 0
+    copied = 0
+    target = SweepStore(db, spec)
+    try:
+        for source in matching:
+            missing = {p.key for p in spec.points()} - target.finished_keys()
+            other = SweepStore(source)
+            try:
+                for row in other.rows(with_record=True):
+                    if row["key"] in missing:
+                        row["record"] = {**row["record"], "reused_from": str(source)}
+                        target.add(row)
+                        copied += 1
+            finally:
+                other.close()
+    finally:
+        target.close()
+    return copied
+
+
+def run_job(args, job: dict) -> dict:
+    from memlaw.sweep import LocalExecutor, check_device, check_sweep_fits, sweep_into
+
+    spec, db = job["spec"], job["db"]
+    copied = reuse_points(spec, db, args.reuse) if args.reuse else 0
+    if {p.key for p in spec.points()} - finished_keys(db):  # something left to run
+        check_device(spec.device)
+        check_sweep_fits(spec, memory_on=spec.device)
+    print(f"\n## {job['label']} → {db}" + (f" ({copied} points reused)" if copied else ""))
+    store, summary = sweep_into(
+        db, spec, LocalExecutor(workers=args.workers), progress=sys.stderr.isatty()
+    )
+    store.close()
+    print(
+        f"{summary['done']} points run, {summary['skipped']} already done "
+        f"({summary.get('seconds', 0):.0f} s)",
+        flush=True,
+    )
+    return summary
+
+
+def audit_dir(args) -> Path:
+    rank, length = args.regime[0]
+    model = "".join(c if c.isalnum() or c in "-." else "_" for c in args.model)
+    device = "" if args.device == "cpu" else "-" + args.device.replace(":", "")
+    return args.out_dir / f"{NAME}-audit-{model}-r{rank}-l{length}-e{args.epochs}{device}"
+
+
+def run_audit(args) -> dict:
+    """SFT at the first regime (seed 0, the recipe), its adapter saved, and memlaw's budget
+    audit on it; skipped when its audit.json exists (an adapter without one is audited)."""
+    from memlaw.adapters import LoraSpec, load_adapter
+    from memlaw.atomic import atomic_write_json, remove_stale_staging
+    from memlaw.audit import audit
+    from memlaw.models import load_model
+    from memlaw.recipe import default_batch_size
+    from memlaw.sweep import adapted_layers, baseline_for, memory_set_for
+    from memlaw.train import TrainConfig, save_run, train
+
+    folder = audit_dir(args)
+    if (folder / "audit.json").is_file():
+        return json.loads((folder / "audit.json").read_text())
+    rank, length = args.regime[0]
+    spec = make_spec(args, ranks=(rank,), lengths=(length,), methods=("sft",), epochs=args.epochs)
+    print(f"\n## audit: SFT at rank {rank}, ℓ {length}, seed 0 → {folder}", flush=True)
+    started = time.perf_counter()
+    model, tokenizer = load_model(spec.model, dtype=spec.dtype, device=spec.device)
+    encoded = memory_set_for(spec, length, tokenizer)
+    remove_stale_staging(folder)
+    if (folder / "adapter_config.json").is_file():
+        target = load_adapter(model, folder, model_name=spec.model)
+        trained_now = False
+    else:
+        baseline = baseline_for(spec, encoded, tokenizer)
+        layers = adapted_layers(1, model.config.num_hidden_layers)
+        config = TrainConfig(  # exactly memlaw.sweep.run_point's
+            method="sft",
+            lr=spec.lr,
+            steps=spec.max_steps,
+            epochs=spec.max_epochs,
+            batch_size=default_batch_size(len(encoded)),
+            seed=0,
+            stop_when_certified=spec.stop_at_certified,
+            fast_path=spec.fast_path,
+            plateau_window=spec.plateau_window,
+            plateau_tolerance=spec.plateau_tolerance,
+            information_baseline=baseline.nats_per_token,
+            anneal_patience=spec.anneal_patience,
+        )
+        lora = LoraSpec(rank=rank, layers=layers, modules=spec.modules)
+        result = train(model, tokenizer, encoded, lora, config)
+        extra = {"model": spec.model, "data": f"{spec.data} generator, ℓ {length}"}
+        save_run(result, folder, overwrite=True, extra=extra)
+        target, trained_now = result.model, True
+    report = audit(target, tokenizer, encoded)
+    record = json.loads((folder / "record.json").read_text())
+    payload = {
+        "rank": rank,
+        "length": length,
+        "method": "sft",
+        "seed": 0,
+        "epoch_cap": args.epochs,
+        "adapter": str(folder),
+        "audit": report.to_dict(),
+        "training": training_budget(record),
+        "seconds": time.perf_counter() - started,
+        "trained_now": trained_now,
+    }
+    atomic_write_json(folder / "audit.json", payload)
+    return payload
+
+
+def training_budget(record: dict) -> dict:
+    """From an SFT run's log: the share of supervised token-steps already above p = 0.5 while
+    it trained (SFT's budget spent on memorized tokens), overall, per epoch and at the end."""
+    log = record.get("log") or []
+    per_epoch: dict[int, list[float]] = {}
+    for entry in log:
+        weight = max(entry.get("tokens", 0), 1)
+        total = per_epoch.setdefault(entry["epoch"], [0.0, 0.0])
+        total[0] += entry["above_share"] * weight
+        total[1] += weight
+    curve = [round(a / w, 4) for a, w in per_epoch.values()]
+    tokens = sum(w for _, w in per_epoch.values())
+    return {
+        "stop_reason": record.get("stop_reason"),
+        "steps": record.get("steps"),
+        "epochs": len(per_epoch),
+        "final_loss": record.get("final_loss"),
+        "certified_share": record.get("certified_share"),
+        "exact_match": record.get("exact_match"),
+        "token_certified_share": record.get("token_certified_share"),
+        "train_seconds": record.get("train_seconds"),
+        "token_steps": int(tokens),
+        "above_share_over_training": (
+            sum(a for a, _ in per_epoch.values()) / tokens if tokens else None
+        ),
+        "above_share_last_epoch": curve[-1] if curve else None,
+        "above_share_per_epoch": curve,
+    }
+
+
+# --- reading the databases --------------------------------------------------------------------
+
+
+def load_rows(db: Path) -> list[dict]:
+    from memlaw.sweep import SweepStore
+
+    if not db.is_file():
+        return []
+    store = SweepStore(db)
+    try:
+        return store.rows(with_record=True)
+    finally:
+        store.close()
+
+
+def token_steps(row: dict) -> tuple[float | None, bool]:
+    """The row's token-steps, and whether it is estimated: points run before the sweep recorded
+    them (or reused from an older database) get epochs × ℓ, exact within one epoch for every
+    method but the curriculum (which trains a growing share of the items: left None)."""
+    from memlaw.objectives import OBJECTIVES
+
+    record = row.get("record") or {}
+    if record.get("token_steps") is not None:
+        return float(record["token_steps"]), False
+    method = (record.get("config") or {}).get("method", row.get("method"))
+    objective = OBJECTIVES.get(method)
+    if objective is None or objective.curriculum or row.get("epochs") is None:
+        return None, False
+    return float(row["epochs"] * row["length"]), True  # every item once per epoch
+
+
+def value(row: dict, metric: str):
+    if metric == "token_steps":
+        return token_steps(row)[0]
+    return row.get(metric)
+
+
+def spread(values: list) -> dict | None:
+    values = [float(v) for v in values if v is not None]
+    if not values:
+        return None
+    return {"mean": statistics.fmean(values), "min": min(values), "max": max(values)}
+
+
+def summarize(rows: list[dict]) -> dict:
+    return {
+        "seeds_done": len(rows),
+        "seeds": sorted(r["seed"] for r in rows),
+        **{metric: spread([value(r, metric) for r in rows]) for metric in METRICS},
+        "token_steps_estimated": any(token_steps(r)[1] for r in rows),
+        "stop_reasons": dict(Counter(r.get("stop_reason") for r in rows)),
+        "hit_cap": sum(bool(r.get("hit_cap")) for r in rows),
+        "trainable_params": rows[0].get("trainable_params") if rows else None,
+    }
+
+
+def verdict(method_rows: list[dict], sft_rows: list[dict], metric: str) -> dict:
+    """The rule: ≥ MIN_SEEDS seeds each; intervals (min–max over seeds) separated, or every
+    seed (paired) in the same direction."""
+    mine = {r["seed"]: r[metric] for r in method_rows if r.get(metric) is not None}
+    sft = {r["seed"]: r[metric] for r in sft_rows if r.get(metric) is not None}
+    paired = sorted(set(mine) & set(sft))
+    result = {"metric": metric, "seeds": len(paired)}
+    if len(paired) < MIN_SEEDS or len(mine) < MIN_SEEDS or len(sft) < MIN_SEEDS:
+        return result | {"verdict": "pending", "beats_sft": None}
+    differences = [mine[s] - sft[s] for s in paired]
+    result["mean_difference"] = statistics.fmean(differences)
+    if min(mine.values()) > max(sft.values()):
+        text = "better (intervals separated)"
+    elif max(mine.values()) < min(sft.values()):
+        text = "worse (intervals separated)"
+    elif all(d == 0 for d in differences):
+        text = "tie"
+    elif all(d > 0 for d in differences):
+        text = f"better (all {len(paired)} seeds)"
+    elif all(d < 0 for d in differences):
+        text = f"worse (all {len(paired)} seeds)"
+    else:
+        text = "no clear difference"
+    return result | {"verdict": text, "beats_sft": text.startswith("better")}
+
+
+def regime_summary(rows, *, rank, length, methods, seeds, epochs, db, label) -> dict:
+    cells = {
+        method: [
+            r
+            for r in rows
+            if r["rank"] == rank
+            and r["length"] == length
+            and r["method"] == method
+            and r["layers"] == 1
+            and r["seed"] in seeds
+        ]
+        for method in methods
+    }
+    verdicts = {
+        method: {m: verdict(cells[method], cells.get("sft", []), m) for m in VERDICT_METRICS}
+        for method in methods
+        if method != "sft"
+    }
+    primary = {m: v["certified_share"] for m, v in verdicts.items()}
+    winners = [m for m, v in primary.items() if v["beats_sft"]]
+    summaries = {method: summarize(cells[method]) for method in methods}
+    if winners:
+        best = max(winners, key=lambda m: summaries[m]["certified_share"]["mean"])
+        recommended = {"method": best, "why": "beats SFT on certified share"}
+    elif primary and all(v["verdict"] != "pending" for v in primary.values()):
+        recommended = {"method": "sft", "why": "no MemFT variant beats SFT on certified share"}
+    else:
+        recommended = {"method": None, "why": f"pending: fewer than {MIN_SEEDS} seeds"}
+    return {
+        "label": label,
+        "regime": f"{rank}:{length}",
+        "rank": rank,
+        "length": length,
+        "epoch_cap": epochs,
+        "db": str(db),
+        "methods": summaries,
+        "verdicts": verdicts,
+        "recommended": recommended,
+    }
+
+
+def efficiency_summary(rows, args) -> dict:
+    """Per length and method: the smallest rank whose every seed certified the whole set."""
+    seeds = set(args.seeds)
+    cells, smallest = [], {}
+    for length in args.efficiency:
+        smallest[str(length)] = {}
+        for method in args.methods:
+            found, pending = None, False
+            for rank in sorted(args.efficiency_ranks):
+                cell = [
+                    r
+                    for r in rows
+                    if (r["rank"], r["length"], r["method"], r["layers"])
+                    == (rank, length, method, 1)
+                    and r["seed"] in seeds
+                ]
+                cells.append({"length": length, "rank": rank, "method": method} | summarize(cell))
+                if found is not None:
+                    continue
+                if {r["seed"] for r in cell} != seeds:
+                    pending = True
+                elif all(r["certified_share"] == 1.0 for r in cell):
+                    found = rank
+            if found is not None:
+                status = "measured" if not pending else "at most (a smaller rank is pending)"
+            else:
+                status = "pending" if pending else "none of the ranks"
+            smallest[str(length)][method] = {"rank": found, "status": status}
+    return {
+        "lengths": list(args.efficiency),
+        "ranks": list(args.efficiency_ranks),
+        "seeds": list(args.seeds),
+        "smallest_certifying_rank": smallest,
+        "cells": cells,
+    }
+
+
+def build_report(args, started: float, estimate_now: dict, runs: list[dict]) -> dict:
+    from memlaw.sweep import fingerprint
+
+    budgets = [args.epochs] + ([args.long_epochs] if args.long_epochs else [])
+    regimes = []
+    for epochs in budgets:
+        db = db_path(args, "phonebook", epochs)
+        rows = load_rows(db)
+        for rank, length in args.regime:
+            regimes.append(
+                regime_summary(
+                    rows,
+                    rank=rank,
+                    length=length,
+                    methods=args.methods,
+                    seeds=set(args.seeds),
+                    epochs=epochs,
+                    db=db,
+                    label=f"PhoneBook, rank {rank}, ℓ {length}, cap {epochs} epochs",
+                )
+            )
+    long_context = None
+    if args.long_context:
+        db = db_path(args, "longcontext", args.epochs)
+        long_context = regime_summary(
+            load_rows(db),
+            rank=1,
+            length=args.long_context_length,
+            methods=args.long_context_methods,
+            seeds=set(args.seeds),
+            epochs=args.epochs,
+            db=db,
+            label=f"Long-Context {args.long_context_file.name}, rank 1, ℓ {args.long_context_length}",
+        )
+        long_context["data"] = long_context_data(args)
+    efficiency = None
+    if args.efficiency:
+        efficiency = efficiency_summary(load_rows(db_path(args, "phonebook", args.epochs)), args)
+    audit_file = audit_dir(args) / "audit.json"
+    audit = json.loads(audit_file.read_text()) if audit_file.is_file() else None
+    previous = read_previous(args.out_dir / f"{NAME}.json")
+    history = [h for h in previous.get("history", []) if h.get("started") != args.started_at]
+    history += [
+        {
+            "started": args.started_at,
+            "written_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "wall_seconds": time.perf_counter() - started,
+            "points_run": sum(r.get("done", 0) for r in runs),
+            "report_only": args.report_only,
+        }
+    ]
+    spec = make_spec(args, ranks=(1,), lengths=(1,), methods=args.methods, epochs=args.epochs)
+    all_rows = [
+        row for epochs in budgets for row in load_rows(db_path(args, "phonebook", epochs))
+    ] + (load_rows(db_path(args, "longcontext", args.epochs)) if args.long_context else [])
+    return {
+        "benchmark": NAME,
+        "issue": 11,
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
+        "model": args.model,
+        "recipe": {
+            "sweep_settings": spec.shared_settings(),
+            "fingerprint": fingerprint(spec),
+            "described": (
+                f"memlaw train's default, as the PhoneBook law's sweep: AdamW lr {spec.lr:g}, the "
+                "recipe's batch (about 6 updates per epoch, 4 to 16 items), the rate halved after "
+                f"{spec.anneal_patience} epochs without a 1% better loss down to lr/8, stop at "
+                f"certified recall or at a plateau there; epoch cap {args.epochs}"
+                + (f" (and a second pass at {args.long_epochs})" if args.long_epochs else "")
+            ),
+        },
+        "settings": {k: str(v) for k, v in vars(args).items()},
+        "verdict_rule": (
+            f"per regime and budget, each method against SFT with ≥ {MIN_SEEDS} seeds each: "
+            "better/worse when the min–max intervals over seeds are separated or every seed "
+            "(paired) moves the same way; tie when every seed is equal; else no clear "
+            "difference; fewer seeds: pending"
+        ),
+        "estimate_at_start": estimate_now,
+        "point_seconds_recorded": sum(r["wall_seconds"] or 0 for r in all_rows),
+        "history": history,
+        "regimes": regimes,
+        "long_context": long_context,
+        "efficiency": efficiency,
+        "audit": audit,
+        "figure": None,
+    }
+
+
+def read_previous(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+# --- tables and the figure ----------------------------------------------------------------------
+
+
+def cell(stats: dict | None, pattern: str = "{:.2f}") -> str:
+    if not stats:
+        return "–"
+    mean = pattern.format(stats["mean"])
+    if stats["min"] == stats["max"]:
+        return mean
+    return f"{mean} ({pattern.format(stats['min'])}–{pattern.format(stats['max'])})"
+
+
+def regime_table(regime: dict) -> str:
+    lines = [
+        f"\n### {regime['label']}\n",
+        "| method | seeds | certified share | exact match | tokens p > 0.5 | memorized bits "
+        "| final loss | epochs | token-steps | wall s | vs SFT (certified share) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for method, s in regime["methods"].items():
+        v = regime["verdicts"].get(method, {}).get("certified_share")
+        lines.append(
+            f"| {method} | {s['seeds_done']} | {cell(s['certified_share'])} "
+            f"| {cell(s['exact_match'])} | {cell(s['token_certified_share'], '{:.3f}')} "
+            f"| {cell(s['memorized_bits'], '{:.0f}')} | {cell(s['final_loss'], '{:.3f}')} "
+            f"| {cell(s['epochs'], '{:.0f}')} | {cell(s['token_steps'], '{:.3g}')} "
+            f"| {cell(s['wall_seconds'], '{:.0f}')} | {v['verdict'] if v else 'baseline'} |"
+        )
+    rec = regime["recommended"]
+    lines.append(f"\nrecommended: {rec['method'] or '–'} ({rec['why']})")
+    return "\n".join(lines)
+
+
+def efficiency_table(efficiency: dict) -> str:
+    lengths = efficiency["lengths"]
+    lines = [
+        f"\n### Parameter efficiency: smallest rank certifying every seed "
+        f"(ranks {', '.join(map(str, efficiency['ranks']))})\n",
+        "| method | " + " | ".join(f"ℓ {n}" for n in lengths) + " |",
+        "|---|" + "---|" * len(lengths),
+    ]
+    table = efficiency["smallest_certifying_rank"]
+    for method in next(iter(table.values()), {}):
+        texts = []
+        for n in lengths:
+            found = table[str(n)][method]
+            if found["status"] == "measured":
+                texts.append(str(found["rank"]))
+            elif found["rank"] is not None:
+                texts.append(f"≤ {found['rank']} (smaller pending)")
+            elif found["status"] == "pending":
+                texts.append("pending")
+            else:
+                texts.append(f"> {max(efficiency['ranks'])}")
+        lines.append(f"| {method} | " + " | ".join(texts) + " |")
+    return "\n".join(lines)
+
+
+def audit_table(payload: dict) -> str:
+    a, t = payload["audit"], payload["training"]
+    pct = "{:.1%}".format
+    above = t["above_share_over_training"]
+    return "\n".join(
+        [
+            f"\n### The mechanism: SFT's budget at rank {payload['rank']}, ℓ {payload['length']} "
+            f"(seed 0, {t['epochs']} epochs, {t['stop_reason']})\n",
+            "| measure | value |",
+            "|---|---|",
+            f"| tokens already above p = 0.5 (end) | {pct(a['above_share'])} |",
+            f"| SFT loss mass on them (end) | {pct(a['loss_mass_above'])} |",
+            f"| SFT gradient mass on them (end) | {pct(a['gradient_mass_above'])} |",
+            f"| token-steps above p = 0.5 over training | {pct(above) if above is not None else '–'} |",
+            f"| certified share / exact match | {a['certified_share']:.2f} / "
+            f"{(a['exact_match'] or 0):.2f} |",
+            f"| stubborn tokens | {a['stubborn_tokens']} |",
+        ]
+    )
+
+
+def plot_efficiency(efficiency: dict, path: Path) -> Path | None:
+    """Certified share against rank, one line per method (mean, min–max bars), a panel per ℓ."""
+    from matplotlib.figure import Figure
+
+    from memlaw.figures import save_png
+
+    by_length: dict[int, dict[str, list]] = {}
+    for c in efficiency["cells"]:
+        if c["certified_share"]:
+            by_length.setdefault(c["length"], {}).setdefault(c["method"], []).append(c)
+    if not by_length:
+        return None
+    figure = Figure(figsize=(5.2 * len(by_length), 4.2), layout="constrained")
+    axes_list = figure.subplots(1, len(by_length), squeeze=False).ravel()
+    for axes, (length, methods) in zip(axes_list, sorted(by_length.items()), strict=True):
+        for method, cells in methods.items():
+            cells.sort(key=lambda c: c["rank"])
+            ranks = [c["rank"] for c in cells]
+            mean = [c["certified_share"]["mean"] for c in cells]
+            low = [m - c["certified_share"]["min"] for m, c in zip(mean, cells, strict=True)]
+            high = [c["certified_share"]["max"] - m for m, c in zip(mean, cells, strict=True)]
+            axes.errorbar(ranks, mean, yerr=[low, high], marker="o", capsize=3, label=method)
+        axes.set_xscale("log", base=2)
+        axes.set_xticks(efficiency["ranks"], [str(r) for r in efficiency["ranks"]])
+        axes.set_ylim(-0.03, 1.03)
+        axes.set_xlabel("LoRA rank (MLP of one layer)")
+        axes.set_ylabel("certified share (items)")
+        axes.set_title(f"PhoneBook ℓ {length}")
+        axes.grid(alpha=0.3)
+    axes_list[-1].legend(fontsize=8, loc="lower right")
+    return save_png(figure, path)
+
+
+def print_tables(report: dict) -> None:
+    for regime in report["regimes"]:
+        print(regime_table(regime))
+    if report["long_context"]:
+        print(regime_table(report["long_context"]))
+    if report["efficiency"]:
+        print(efficiency_table(report["efficiency"]))
+    if report["audit"]:
+        print(audit_table(report["audit"]))
+    recorded = report["point_seconds_recorded"]
+    print(f"\nworker time recorded in the databases: {recorded / 3600:.2f} h ({recorded:.0f} s)")
+
+
+def write_report(args, started, est, runs) -> dict:
+    from memlaw.atomic import atomic_write_json
+
+    report = build_report(args, started, est, runs)
+    if report["efficiency"]:
+        figure = plot_efficiency(report["efficiency"], args.out_dir / f"{NAME}.png")
+        report["figure"] = str(figure) if figure else None
+    atomic_write_json(args.out_dir / f"{NAME}.json", report)
+    return report
+
+
+# --- main -------------------------------------------------------------------------------------
+
+
+def last_of(jobs: list[dict], phase: str) -> dict | None:
+    return next((j for j in reversed(jobs) if j["phase"] == phase), None)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    started = time.perf_counter()
+    args = parse_args(argv)
+    args.started_at = time.strftime("%Y-%m-%dT%H:%M:%S")
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    if args.long_context and not args.report_only and not args.long_context_file.is_file():
+        raise SystemExit(
+            f"--long-context: '{args.long_context_file}' is missing (../shared holds it): "
+            "give --long-context-file or --no-long-context"
+        )
+    jobs = plan(args)
+    est = estimate(args, jobs)
+    print_estimate(est)
+    runs: list[dict] = []
+    if not args.report_only:
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        for job in jobs:
+            runs.append(run_job(args, job))
+            write_report(args, started, est, runs)
+            if args.audit and job is last_of(jobs, "capacity"):
+                run_audit(args)  # the mechanism, right after the at-capacity budget
+                write_report(args, started, est, runs)
+    report = write_report(args, started, est, runs)
+    print_tables(report)
+    print(
+        f"\nwrote {args.out_dir / (NAME + '.json')}"
+        + (f" and {report['figure']}" if report["figure"] else "")
+    )
+    print(f"wall time of this invocation: {time.perf_counter() - started:.0f} s")
+    return report
+
+
+if __name__ == "__main__":
+    main()
