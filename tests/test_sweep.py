@@ -170,3 +170,25 @@ def test_reference_path_sweep_gives_the_fast_paths_losses_and_is_its_own_sweep(t
         SweepStore(tmp_path / "s.db", tiny_spec(max_steps=8, fast_path=False))
     # fast_path at its default is left out of the settings, so older databases still match
     assert "fast_path" not in tiny_spec().shared_settings()
+
+
+def test_a_point_continues_from_its_checkpoint_and_the_folder_goes_with_its_row(tmp_path):
+    import json
+
+    from memlaw.sweep import CHECKPOINT_EPOCHS, run_point
+
+    spec = tiny_spec(ranks=(2,), lengths=(32,), max_epochs=25, plateau_window=1000,
+                     stop_at_certified=False, batch_size=0)  # fmt: skip
+    point = spec.points()[0]
+    fresh = run_point(spec, point)
+    folder = tmp_path / "checkpoints"
+    first = run_point(spec, point, folder)  # leaves the checkpoint of its last tenth epoch
+    state = json.loads((folder / point.key / "state.json").read_text())
+    assert state["log"][-1]["epoch"] == 2 * CHECKPOINT_EPOCHS
+    resumed = run_point(spec, point, folder)  # trains only the epochs after it
+    assert resumed["record"]["losses"] == first["record"]["losses"] == fresh["record"]["losses"]
+    assert resumed["delta_loss"] == fresh["delta_loss"]
+    store = SweepStore(tmp_path / "s.db", spec)
+    assert store.checkpoints == tmp_path / "s.db.checkpoints"
+    run_sweep(spec, store, LocalExecutor(workers=1), progress=False)
+    assert store.checkpoints.is_dir() and not (store.checkpoints / point.key).exists()

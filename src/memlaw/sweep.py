@@ -20,6 +20,7 @@ import json
 import math
 import multiprocessing
 import os
+import shutil
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
@@ -34,6 +35,9 @@ SCHEMA_VERSION = 1
 DATA_KINDS = ("random", "phonebook", "noisy")
 # Settings added after the first databases were written, with the value those databases ran
 # under: a stored sweep that lacks one of them ran with that value.
+# How often a point saves its run (memlaw.checkpoint): a killed sweep loses at most this many
+# epochs of each point in flight.
+CHECKPOINT_EPOCHS = 10
 LATER_SETTINGS = {
     "device": "cpu",
     "dtype": "float32",
@@ -218,8 +222,12 @@ def baseline_for(spec: SweepSpec, encoded: list, tokenizer):
     )
 
 
-def run_point(spec: SweepSpec, point: SweepPoint) -> dict:
-    """Train one point and return its row (runs in a worker process)."""
+def run_point(spec: SweepSpec, point: SweepPoint, checkpoints: str | Path | None = None) -> dict:
+    """Train one point and return its row (runs in a worker process).
+
+    ``checkpoints``: a folder where the point keeps its run's checkpoint
+    (``<checkpoints>/<key>``, every :data:`CHECKPOINT_EPOCHS` epochs), so a killed sweep
+    continues the point where it was instead of starting it again."""
     from memlaw.adapters import LoraSpec
     from memlaw.information import memorized_bits
     from memlaw.models import load_model
@@ -246,7 +254,16 @@ def run_point(spec: SweepSpec, point: SweepPoint) -> dict:
         anneal_patience=spec.anneal_patience,
     )
     started = time.perf_counter()
-    result = train(model, tokenizer, encoded, lora, config)
+    folder = None if checkpoints is None else Path(checkpoints) / point.key
+    result = train(
+        model,
+        tokenizer,
+        encoded,
+        lora,
+        config,
+        checkpoint=folder,
+        checkpoint_every=CHECKPOINT_EPOCHS,
+    )
     record = result.record()
     bits = memorized_bits(
         record["length"], record["base_loss"], record["final_loss"], baseline.nats_per_token
@@ -351,6 +368,12 @@ LATER_COLUMNS = (
 class SweepStore:
     """One SQLite file: a ``meta`` table with the sweep's shared settings, a ``points`` table
     with one row per finished point."""
+
+    @property
+    def checkpoints(self) -> Path:
+        """``<db>.checkpoints/``: where the points in flight keep their checkpoints (a point's
+        folder goes once its row is in)."""
+        return self.path.with_name(f"{self.path.name}.checkpoints")
 
     def __init__(self, path: str | Path, spec: SweepSpec | None = None):
         """With ``spec``: open (or create) the store to run that sweep into. Without: open an
@@ -563,6 +586,8 @@ class LocalExecutor:
 
     workers: int = field(default_factory=lambda: max(1, os.cpu_count() or 1))
     on_start: Callable[[SweepPoint], None] | None = None
+    # Where points keep their checkpoints (run_sweep sets the store's folder; None: none).
+    checkpoints: Path | None = None
 
     def run(self, spec: SweepSpec, points: list[SweepPoint]) -> Iterator[tuple[SweepPoint, dict]]:
         check_device(spec.device)  # before spawning workers that would each fail on it
@@ -589,7 +614,7 @@ class LocalExecutor:
         while queue or running:
             while queue and len(running) < workers:
                 point = queue.pop(0)
-                running[pool.submit(run_point, spec, point)] = point
+                running[pool.submit(run_point, spec, point, self.checkpoints)] = point
                 if self.on_start:
                     self.on_start(point)
             done, _ = wait(running, return_when=FIRST_COMPLETED)
@@ -624,10 +649,14 @@ def run_sweep(spec: SweepSpec, store: SweepStore, executor, *, progress: bool = 
     bar = _SweepProgress(len(points), summary["skipped"]) if progress else None
     if bar and hasattr(executor, "on_start"):
         executor.on_start = bar.started
+    if hasattr(executor, "checkpoints") and executor.checkpoints is None:
+        executor.checkpoints = store.checkpoints
     try:
         for point, row in executor.run(spec, todo):
             store.add(row)
             summary["done"] += 1
+            if getattr(executor, "checkpoints", None) is not None:
+                shutil.rmtree(Path(executor.checkpoints) / point.key, ignore_errors=True)
             if bar:
                 bar.finished(point, row)
     finally:
