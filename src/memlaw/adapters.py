@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from memlaw.errors import MemlawError, check_number
+from memlaw.errors import MemlawError, check_number, first_line
 
 # A trained LoRA parameter costs its float32 weight, its gradient and AdamW's two moments.
 BYTES_PER_TRAINED_PARAM = 16
@@ -214,7 +214,7 @@ def load_adapter(
             warnings.filterwarnings("ignore", message="Found missing adapter keys")
             adapted = PeftModel.from_pretrained(model, folder, is_trainable=trainable)
     except (OSError, ValueError, RuntimeError, KeyError, SafetensorError) as exc:
-        raise MemlawError(f"cannot load adapter '{folder}': {_first_line(exc)}") from None
+        raise MemlawError(f"cannot load adapter '{folder}': {first_line(exc)}") from None
     uncovered = sorted(set(_lora_module_names(adapted)) - set(shapes))
     if uncovered:
         adapted.unload()  # leave the caller's model as it was
@@ -236,11 +236,6 @@ def check_adapter_files(adapter_dir: str | Path) -> tuple[dict, dict]:
     return _adapter_config(folder), _adapter_weight_shapes(folder)
 
 
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__
-
-
 def _adapter_config(folder: Path) -> dict:
     """adapter_config.json, parsed, with a LoRA rank and a finite alpha."""
     path = folder / "adapter_config.json"
@@ -249,7 +244,7 @@ def _adapter_config(folder: Path) -> dict:
     try:
         config = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise MemlawError(f"cannot read {path}: {_first_line(exc)}") from None
+        raise MemlawError(f"cannot read {path}: {first_line(exc)}") from None
     if not isinstance(config, dict):
         raise MemlawError(f"{path} is not a JSON object")
     rank, alpha = config.get("r"), config.get("lora_alpha", config.get("r"))
@@ -286,7 +281,7 @@ def _adapter_weight_shapes(folder: Path) -> dict[str, dict[str, tuple[int, ...]]
     except (SafetensorError, OSError, RuntimeError, ValueError) as exc:
         raise MemlawError(
             f"{path} is not a readable safetensors file (empty, truncated or corrupt: "
-            f"{_first_line(exc)})"
+            f"{first_line(exc)})"
         ) from None
     if not shapes:
         raise MemlawError(f"{path} holds no LoRA weights")
@@ -358,8 +353,6 @@ def adapter_n_eff(adapter_dir: str | Path) -> int:
     """N_eff = rank × adapted layers of a saved PEFT adapter, read with
     ``peft.PeftConfig.from_pretrained`` (memlaw names each adapted module in full, e.g.
     ``model.layers.20.mlp.up_proj``, so the layers can be counted)."""
-    import re
-
     from peft import PeftConfig
 
     try:

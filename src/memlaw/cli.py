@@ -26,7 +26,7 @@ from rich.table import Table
 from rich.text import Text
 from typer.models import OptionInfo
 
-from memlaw.errors import MemlawError, check_integer, check_number
+from memlaw.errors import MemlawError, check_integer, check_number, first_line
 from memlaw.recipe import ANNEAL_PATIENCE, LEARNING_RATE
 
 app = typer.Typer(
@@ -54,6 +54,11 @@ LrOption = typer.Option(LEARNING_RATE, "--lr", help="AdamW learning rate.")
 def out_option(default: str, help: str) -> Any:
     """--out/-o: the path a command writes."""
     return typer.Option(Path(default), "--out", "-o", help=help)
+
+
+def law_option(help: str) -> Any:
+    """--law: a fitted law JSON a command reads."""
+    return typer.Option(None, "--law", help=help)
 
 
 def option(default: Any, *names: str, help: str | None = None) -> Any:
@@ -176,12 +181,7 @@ def load(model: str, runtime: RuntimeOptions = RuntimeOptions()):
 
     _quiet_transformers()
     with console.status(f"loading {model}…"):
-        return load_model(
-            model,
-            dtype=runtime.dtype,
-            device=runtime.device,
-            trust_remote_code=runtime.trust_remote_code,
-        )
+        return load_model(model, **dataclasses.asdict(runtime))
 
 
 def memory_set(model, tokenizer, memory: MemorySetOptions):
@@ -295,10 +295,8 @@ def audit_command(
     memory: MemorySetOptions = MemorySetOptions(),
     tau: float = TauOption,
     as_json: bool = typer.Option(False, "--json", help="Print the audit as JSON."),
-    law_path: Path = typer.Option(
-        None,
-        "--law",
-        help="A fitted law JSON: the advice to raise the rank then quotes its predicted gain.",
+    law_path: Path = law_option(
+        "A fitted law JSON: the advice to raise the rank then quotes its predicted gain."
     ),
     runtime: RuntimeOptions = RuntimeOptions(),
 ) -> None:
@@ -427,18 +425,10 @@ class TrainingOptions:
     )
 
     def config(self, method: str):
-        """The checked :class:`memlaw.train.TrainConfig`, its numbers named as the user typed
-        them."""
+        """The checked :class:`memlaw.train.TrainConfig`; every number is checked for range
+        and finiteness first, named as the user typed it."""
         from memlaw.train import TrainConfig
 
-        self.check()
-        fields = dataclasses.asdict(self) | {"anneal_patience": self.anneal_patience or None}
-        config = TrainConfig(method=method, **fields)
-        config.validate()
-        return config
-
-    def check(self) -> None:
-        """Every number, for range and finiteness."""
         check_number(self.lr, "--lr", low=0, low_open=True)
         check_integer(self.steps, "--steps", optional=True)
         check_integer(self.epochs, "--epochs", optional=True)
@@ -453,6 +443,10 @@ class TrainingOptions:
         if self.fallback not in ("skip", "mean"):
             raise MemlawError(f"--fallback must be skip or mean, got '{self.fallback}'")
         check_integer(self.anneal_patience, "--anneal-patience", low=0)
+        fields = dataclasses.asdict(self) | {"anneal_patience": self.anneal_patience or None}
+        config = TrainConfig(method=method, **fields)
+        config.validate()
+        return config
 
 
 @app.command("train")
@@ -992,15 +986,13 @@ def fit_command(
 
 def _print_fit(fitted) -> None:
     law = fitted.law
-    table = Table(title=f"{law.describe()}")
-    for column in ("parameter", "value", "95% interval"):
-        table.add_column(column, justify="right")
-    names = ("C", "alpha", "beta") + (("b",) if law.offset else ())
-    for name in names:
+    rows = []
+    for name in ("C", "alpha", "beta") + (("b",) if law.offset else ()):
         low, high = law.intervals_.get(name, (None, None))
         interval = "-" if low is None else f"[{low:.4g}, {high:.4g}]"
-        table.add_row(name, f"{getattr(law, name + '_'):.4g}", interval)
-    console.print(table)
+        rows.append((name, f"{getattr(law, name + '_'):.4g}", interval))
+    header = ("parameter", "value", "95% interval")
+    console.print(_table(law.describe(), header, rows, label=False))
     if law.n_bootstrap:
         trusted = getattr(law, "intervals_trusted_", True)
         console.print(
@@ -1046,9 +1038,7 @@ def plan_command(
         None, "--data", "-d", help="Measure ℓ, L0, H and the data kind on this data file."
     ),
     model: str = ModelOption,
-    law_path: Path = typer.Option(
-        None, "--law", help="A fitted law JSON (default: memlaw's law for the model)."
-    ),
+    law_path: Path = law_option("A fitted law JSON (default: memlaw's law for the model)."),
     rank: int = typer.Option(None, "--rank", "-r", help="A rank to ask about: how much it holds."),
     layers: int = typer.Option(1, "--layers", help="Number of adapted layers."),
     modules: str = typer.Option(
@@ -1080,7 +1070,11 @@ def plan_command(
     if (length is None) == (data is None):
         raise MemlawError("give exactly one of --length N or --data FILE")
     check_integer(rank, "--rank", optional=True)
-    _check_plan_options(length, data, layers, base_loss)
+    check_integer(length, "--length", optional=True)
+    if data is not None:
+        _check_input_file(data, "--data")
+    check_integer(layers, "--layers")
+    check_number(base_loss, "--base-loss", low=0, low_open=True, optional=True)
     check_writable(png, "--png")
     _check_not_an_input(png, "--png", {"--data": data, "--law": law_path})
     law = MemoryLaw.load(law_path or reference_law_path(model))
@@ -1099,7 +1093,7 @@ def plan_command(
     )
     plot_plan(result, law, png)
     if as_json:
-        print(json.dumps(result.to_dict(), indent=2))
+        _print_json(result.to_dict())
         return
     _print_plan(result, law, data, model)
     console.print(f"plot: {png}", markup=False)
@@ -1115,12 +1109,7 @@ def _print_plan(result, law, data: Path | None, model: str) -> None:
         title += f", L0 = {memory.base_loss:.3f}"
     if memory.info_baseline is not None:
         title += f", H = {memory.info_baseline:.3f}"
-    table = Table(title=title)
-    for column in rows[0]:
-        table.add_column(column, justify="right")
-    for row in rows:
-        table.add_row(*row.values())
-    console.print(table)
+    console.print(_table(title, list(rows[0]), [list(row.values()) for row in rows], label=False))
     console.print(f"law: {law.describe()}", soft_wrap=True, markup=False)
     if result.certifying_rank is not None:
         low, high = result.certifying_rank_range
@@ -1159,21 +1148,11 @@ def _print_plan(result, law, data: Path | None, model: str) -> None:
         console.print(f"train it: {command}", markup=False)
 
 
-def _check_plan_options(length, data, layers, base_loss) -> None:
-    check_integer(length, "--length", optional=True)
-    if data is not None:
-        _check_input_file(data, "--data")
-    check_integer(layers, "--layers")
-    check_number(base_loss, "--base-loss", low=0, low_open=True, optional=True)
-
-
 @app.command("report")
 def report_command(
     db: Path = DbOption,
     out: Path = out_option("report.html", "The HTML file to write (figures go beside it)."),
-    law_path: Path = typer.Option(
-        None, "--law", help="A fitted law JSON (default: fit the sweep)."
-    ),
+    law_path: Path = law_option("A fitted law JSON (default: fit the sweep)."),
     point: str = typer.Option(
         None, "--point", help="Key of the point whose token probabilities to show."
     ),
@@ -1274,19 +1253,19 @@ def expected_failure(exc: BaseException) -> str | None:
         return str(exc)
     if _is_out_of_memory(exc):
         return (
-            f"out of memory ({_first_line(exc)}): lower --rank, --batch-size or the data size, "
+            f"out of memory ({first_line(exc)}): lower --rank, --batch-size or the data size, "
             "or free memory"
         )
     if isinstance(exc, OSError):
         return _os_error_message(exc)
     if type(exc) in (sqlite3.OperationalError, sqlite3.DatabaseError):
-        return f"database error: {_first_line(exc)}"
+        return f"database error: {first_line(exc)}"
     if isinstance(exc, pickle.UnpicklingError):
-        return f"refused to load pickle data, which can run code: {_first_line(exc)}"
+        return f"refused to load pickle data, which can run code: {first_line(exc)}"
     if type(exc).__name__ == "SafetensorError":
-        return f"cannot read a safetensors file (empty, truncated or corrupt): {_first_line(exc)}"
+        return f"cannot read a safetensors file (empty, truncated or corrupt): {first_line(exc)}"
     if isinstance(exc, UnicodeDecodeError):
-        return f"an input file is not UTF-8 text ({_first_line(exc)})"
+        return f"an input file is not UTF-8 text ({first_line(exc)})"
     return None
 
 
@@ -1303,7 +1282,7 @@ def _is_out_of_memory(exc: BaseException) -> bool:
 
 
 def _os_error_message(exc: OSError) -> str:
-    reason = exc.strerror or _first_line(exc)
+    reason = exc.strerror or first_line(exc)
     if exc.filename is None:
         return reason
     where = f"'{exc.filename}'"
@@ -1312,15 +1291,8 @@ def _os_error_message(exc: OSError) -> str:
     return f"{reason}: {where}"
 
 
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__
-
-
 def _print_line(label: str, style: str, message: str) -> None:
     """One line on stderr with the user's text exactly as given (never read as markup)."""
-    from rich.text import Text
-
     line = " ".join(part.strip() for part in message.strip().splitlines() if part.strip())
     err_console.print(
         Text.assemble((label, style), " ", line), soft_wrap=True, highlight=False, emoji=False

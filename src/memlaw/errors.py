@@ -16,6 +16,17 @@ class MemlawError(Exception):
     """
 
 
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (its type's name if it has none): the part a
+    one-line error quotes.
+
+    >>> first_line(OSError("disk full\\nwhile writing")), first_line(KeyError())
+    ('disk full', 'KeyError')
+    """
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
 def check_number(
     value: float | None,
     name: str,

@@ -156,10 +156,8 @@ def sweep_figures(
         ),
         _figure("loss_curve", f"Loss curve of {shown['key']}", *_loss_curve(shown)),
     ]
-    for number, figure in enumerate(figures, start=1):
-        figure.name = (
-            f"{number:02d}_{figure.name}.png"  # numbered: the folder sorts like the report
-        )
+    for number, figure in enumerate(figures, start=1):  # numbered: the folder sorts like the report
+        figure.name = f"{number:02d}_{figure.name}.png"
     return figures
 
 
@@ -254,17 +252,8 @@ def _legend(axes: Any, *, law: bool, capped: bool) -> None:
     if law:
         handles.append(Line2D([], [], linestyle="--", color="grey", label="fitted law"))
     if capped:
-        handles.append(
-            Line2D(
-                [],
-                [],
-                linestyle="",
-                marker="o",
-                markerfacecolor="none",
-                markeredgecolor="grey",
-                label="hit the step cap",
-            )
-        )
+        hollow = {"marker": "o", "markerfacecolor": "none", "markeredgecolor": "grey"}
+        handles.append(Line2D([], [], linestyle="", **hollow, label="hit the step cap"))
     _outside_legend(axes, handles)
 
 

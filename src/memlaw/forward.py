@@ -229,14 +229,9 @@ def choose_forward(
             want, got = reference(probe_rows).nll, candidate(probe_rows).nll
     except Exception as exc:  # any model whose body does not fit the fast path's assumptions
         return reference, f"fast path unavailable ({type(exc).__name__}: {str(exc)[:80]})"
-    tolerance = (
-        1e-4 if want.dtype == torch.float32 and _param_dtype(model) == torch.float32 else 2e-2
-    )
+    exact = want.dtype == torch.float32 and next(model.parameters()).dtype == torch.float32
+    tolerance = 1e-4 if exact else 2e-2
     if not torch.allclose(got, want, rtol=tolerance, atol=tolerance * 1e-2):
         worst = float(((got - want).abs() / want.abs().clamp(min=1e-6)).max())
         return reference, f"fast path disagrees with the reference (max relative error {worst:.2e})"
     return candidate, f"fast path from layer {first_layer}"
-
-
-def _param_dtype(model) -> torch.dtype:
-    return next(model.parameters()).dtype

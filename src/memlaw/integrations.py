@@ -1,22 +1,10 @@
-"""MemFT and the memory audit inside a user's own ``transformers.Trainer`` or TRL ``SFTTrainer``.
-
-Three ways in, from the lightest to the most complete:
-
-- :func:`memft_loss_func`: ``Trainer(..., compute_loss_func=memft_loss_func())`` trains with
-  MemFT-OT (or any method of :data:`memlaw.objectives.OBJECTIVES` that needs neither a
-  per-sequence state nor the epoch). A step with no token below the boundary leaves every
-  gradient ``None``, so AdamW makes no update at all (not even a momentum step), exactly as
-  memlaw's own loop.
-- :class:`MemFTTrainer` (a ``Trainer``) and :class:`MemFTMixin` / :func:`with_memft` for any
-  ``Trainer`` subclass such as TRL's ``SFTTrainer``: every method of memlaw's loop, the MemFT-SW
-  sliding window and curriculum included (they need the item index column
-  :data:`INDEX_COLUMN`), with per-step MemFT statistics in the Trainer's logs.
-- :class:`MemoryAuditCallback`: every N steps, measures the memory set with the current weights
-  (share of tokens above the boundary, certified items, stubborn tokens, mean target loss) and
-  logs it through the Trainer, so TensorBoard, W&B and the other reporters receive it.
-
-The numbers match memlaw's own loop (:func:`memlaw.train.train`) step for step on the same data,
-adapter and optimizer settings; ``tests/test_integrations.py`` checks it.
+"""MemFT and the memory audit inside a user's own ``transformers.Trainer`` or TRL ``SFTTrainer``
+(docs/integrations.md): :func:`memft_loss_func` as a ``compute_loss_func``; :class:`MemFTTrainer`,
+or :class:`MemFTMixin` / :func:`with_memft` for any ``Trainer`` subclass, for every method of
+memlaw's loop with MemFT statistics in the logs; :class:`MemoryAuditCallback`, which measures
+the memory set every N steps and logs it through the Trainer. The numbers match memlaw's own
+loop (:func:`memlaw.train.train`) step for step on the same data, adapter and optimizer
+settings; ``tests/test_integrations.py`` checks it.
 
 >>> from memlaw.models import load_model
 >>> from memlaw.data import generate_phonebook, encode_items
@@ -77,14 +65,11 @@ def memory_dataset(encoded: Sequence[EncodedItem]) -> list[dict[str, Any]]:
     >>> memory_dataset([EncodedItem((5, 6), (7,))])
     [{'input_ids': [5, 6, 7], 'labels': [-100, -100, 7], 'memlaw_index': 0}]
     """
-    return [
-        {
-            "input_ids": list(item.input_ids),
-            "labels": [IGNORE_INDEX] * len(item.prompt_ids) + list(item.target_ids),
-            INDEX_COLUMN: index,
-        }
-        for index, item in enumerate(encoded)
-    ]
+    rows = []
+    for index, item in enumerate(encoded):
+        input_ids, labels = ids_and_labels(item)
+        rows.append({"input_ids": input_ids, "labels": labels, INDEX_COLUMN: index})
+    return rows
 
 
 class MemoryCollator:

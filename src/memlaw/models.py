@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from memlaw.errors import MemlawError
+from memlaw.errors import MemlawError, first_line
 
 DEFAULT_MODEL = "smollm2-135m"
 BUILTIN_MODELS = ("smollm2-135m", "tiny")
@@ -77,18 +77,14 @@ def load_model(
     elif name == "tiny":
         model, tokenizer = build_tiny_model(dtype=torch_dtype)
     else:
-        model, tokenizer = _load_pretrained(name, torch_dtype, trust_remote_code)
+        pretrained_config(name, trust_remote_code)  # says what is wrong before any weight loads
+        model, tokenizer = _load_folder(name, torch_dtype, trust_remote_code)
     model.to(torch_device)
     model.eval()
     model.requires_grad_(False)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer
-
-
-def _load_pretrained(name: str, dtype: torch.dtype, trust_remote_code: bool):
-    pretrained_config(name, trust_remote_code)
-    return _load_folder(name, dtype, trust_remote_code)
 
 
 def pretrained_config(name: str, trust_remote_code: bool = False):
@@ -110,12 +106,12 @@ def pretrained_config(name: str, trust_remote_code: bool = False):
             ) from None
         if looks_local:
             raise MemlawError(
-                f"folder '{name}' holds no usable model config ({_first_line(exc)})"
+                f"folder '{name}' holds no usable model config ({first_line(exc)})"
             ) from None
         raise MemlawError(
             f"unknown model '{name}': not a built-in ({', '.join(BUILTIN_MODELS)}), a local "
             f"folder, or a Hugging Face id in the local cache (memlaw does not download models; "
-            f"{_first_line(exc)})"
+            f"{first_line(exc)})"
         ) from None
 
 
@@ -129,7 +125,7 @@ def _load_folder(folder: str | Path, dtype: torch.dtype, trust_remote_code: bool
             folder, dtype=dtype, trust_remote_code=trust_remote_code
         )
     except (OSError, ValueError, KeyError, SafetensorError) as exc:
-        raise MemlawError(f"cannot load model from '{folder}': {_first_line(exc)}") from None
+        raise MemlawError(f"cannot load model from '{folder}': {first_line(exc)}") from None
     return model, tokenizer
 
 
@@ -151,7 +147,7 @@ def model_skeleton(name: str = DEFAULT_MODEL, *, trust_remote_code: bool = False
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
     except (OSError, ValueError, KeyError) as exc:
-        raise MemlawError(f"cannot load the tokenizer of '{name}': {_first_line(exc)}") from None
+        raise MemlawError(f"cannot load the tokenizer of '{name}': {first_line(exc)}") from None
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
     return model, tokenizer
@@ -184,16 +180,11 @@ def format_bytes(count: float) -> str:
     >>> format_bytes(3 * 2**30), format_bytes(512)
     ('3.0 GiB', '512 B')
     """
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if count < 1024 or unit == "TiB":
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if count < 1024:
             return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
         count /= 1024
     return f"{count:.1f} TiB"
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
 
 
 def smollm2_gguf_path() -> Path:

@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
 
 from memlaw.data import EncodedItem, collate
-from memlaw.objectives import DEFAULT_TAU, token_nll
+from memlaw.objectives import DEFAULT_TAU, loss_threshold, token_nll
 
 EVAL_BATCH = 32
 PROBABILITY_BINS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
@@ -57,6 +58,17 @@ def token_scores(
     ]
 
 
+@contextmanager
+def _evaluating(model) -> Iterator[torch.device]:
+    """The model in eval mode while inside (its mode restored after); yields its device."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield next(model.parameters()).device
+    finally:
+        model.train(was_training)
+
+
 @torch.no_grad()
 def eval_batches(
     model,
@@ -67,10 +79,7 @@ def eval_batches(
     """The one evaluation loop: ``(logits, labels, nll, mask)`` of each batch of encoded items
     or rows (:func:`memlaw.data.collate`), teacher-forced in eval mode without gradients; the
     model's mode is restored once the loop is done."""
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    try:
+    with _evaluating(model) as device:
         for start in range(0, len(encoded), batch_size):
             chunk = encoded[start : start + batch_size]
             batch = {k: v.to(device) for k, v in collate(chunk, pad_token_id).items()}
@@ -78,8 +87,6 @@ def eval_batches(
                 input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
             ).logits
             yield logits, batch["labels"], *token_nll(logits, batch["labels"])
-    finally:
-        model.train(was_training)
 
 
 def teacher_forced(
@@ -108,11 +115,8 @@ def greedy_generate(
     """Greedy continuation of each prompt, as many tokens as its target (no early stop)."""
     from transformers import GenerationConfig
 
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
     outputs: list[list[int]] = []
-    try:
+    with _evaluating(model) as device:
         for start in range(0, len(encoded), batch_size):
             chunk = encoded[start : start + batch_size]
             width = max(len(item.prompt_ids) for item in chunk)
@@ -136,8 +140,6 @@ def greedy_generate(
             )
             for row, item in enumerate(chunk):
                 outputs.append(generated[row, width : width + len(item.target_ids)].tolist())
-    finally:
-        model.train(was_training)
     return outputs
 
 
@@ -218,7 +220,7 @@ def probe(
         with model.disable_adapter():
             base_loss = mean_target_loss(teacher_forced(model, encoded, pad))
     generated = greedy_generate(model, encoded, pad) if generate else [None] * len(encoded)
-    threshold = -math.log(tau)
+    threshold = loss_threshold(tau)
     items = []
     for index, (item, score, output) in enumerate(zip(encoded, scores, generated, strict=False)):
         target = list(item.target_ids)

@@ -416,13 +416,10 @@ def _holdout_html(holdout: dict) -> str:
 
 
 def _generic_html(value: Any) -> str:
-    """A table for a list of flat records or a mapping, a plain paragraph otherwise (for
-    extras whose shape the report does not know)."""
+    """A mapping as a table, anything else as a paragraph (a check that did not run says why
+    in a shape the report does not know)."""
     if isinstance(value, Mapping):
         return _facts_table([(str(k), _text(v)) for k, v in value.items()])
-    if isinstance(value, list) and value and all(isinstance(r, Mapping) for r in value):
-        header = list(dict.fromkeys(k for r in value for k in r))
-        return _table(header, [[_text(r.get(k)) for k in header] for r in value])
     return f"<p>{_esc(_text(value))}</p>"
 
 
