@@ -26,7 +26,7 @@ from rich.table import Table
 from rich.text import Text
 from typer.models import OptionInfo
 
-from memlaw.errors import MemlawError, check_integer, check_number, first_line
+from memlaw.errors import MemlawError, check_integer, check_number, expected_failure
 from memlaw.recipe import ANNEAL_PATIENCE, LEARNING_RATE
 
 app = typer.Typer(
@@ -1241,54 +1241,6 @@ def _usage_message(exc) -> str:
     if exc.ctx is not None:
         message += f" (see '{exc.ctx.command_path} --help')"
     return message
-
-
-def expected_failure(exc: BaseException) -> str | None:
-    """The one-line message for a failure that is the input's or the environment's fault, or
-    None for one that is memlaw's (a bug)."""
-    import pickle
-    import sqlite3
-
-    if isinstance(exc, MemlawError):
-        return str(exc)
-    if _is_out_of_memory(exc):
-        return (
-            f"out of memory ({first_line(exc)}): lower --rank, --batch-size or the data size, "
-            "or free memory"
-        )
-    if isinstance(exc, OSError):
-        return _os_error_message(exc)
-    if type(exc) in (sqlite3.OperationalError, sqlite3.DatabaseError):
-        return f"database error: {first_line(exc)}"
-    if isinstance(exc, pickle.UnpicklingError):
-        return f"refused to load pickle data, which can run code: {first_line(exc)}"
-    if type(exc).__name__ == "SafetensorError":
-        return f"cannot read a safetensors file (empty, truncated or corrupt): {first_line(exc)}"
-    if isinstance(exc, UnicodeDecodeError):
-        return f"an input file is not UTF-8 text ({first_line(exc)})"
-    return None
-
-
-def _is_out_of_memory(exc: BaseException) -> bool:
-    if isinstance(exc, MemoryError):
-        return True
-    torch = sys.modules.get("torch")
-    if torch is not None and isinstance(exc, getattr(torch, "OutOfMemoryError", ())):
-        return True
-    text = str(exc)
-    return isinstance(exc, RuntimeError) and (
-        "can't allocate memory" in text or "out of memory" in text.lower()
-    )
-
-
-def _os_error_message(exc: OSError) -> str:
-    reason = exc.strerror or first_line(exc)
-    if exc.filename is None:
-        return reason
-    where = f"'{exc.filename}'"
-    if exc.filename2 is not None:
-        where += f" -> '{exc.filename2}'"
-    return f"{reason}: {where}"
 
 
 def _print_line(label: str, style: str, message: str) -> None:

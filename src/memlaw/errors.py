@@ -1,11 +1,13 @@
-"""The one exception type for bad input, and the number checks that raise it.
+"""The one exception type for bad input, the number checks that raise it, and the one-line
+message of every failure that is not a bug (:func:`expected_failure`).
 
-The CLI turns a :class:`MemlawError` into a one-line error and exit code 2.
+The CLI prints that line as ``error: ...`` and exits with code 2.
 """
 
 from __future__ import annotations
 
 import math
+import sys
 
 
 class MemlawError(Exception):
@@ -82,3 +84,57 @@ def _describe_range(low: float | None, high: float | None, low_open: bool, high_
     if high is not None:
         return f" {'<' if high_open else '≤'} {high:g}"
     return ""
+
+
+def expected_failure(exc: BaseException) -> str | None:
+    """The one-line message for a failure that is the input's or the environment's fault, or
+    None for one that is memlaw's (a bug).
+
+    >>> expected_failure(MemlawError("rank must be positive")), expected_failure(KeyError("x"))
+    ('rank must be positive', None)
+    >>> expected_failure(FileNotFoundError(2, "No such file or directory", "law.json"))
+    "No such file or directory: 'law.json'"
+    """
+    import pickle
+    import sqlite3
+
+    if isinstance(exc, MemlawError):
+        return str(exc)
+    if _is_out_of_memory(exc):
+        return (
+            f"out of memory ({first_line(exc)}): lower --rank, --batch-size or the data size, "
+            "or free memory"
+        )
+    if isinstance(exc, OSError):
+        return _os_error_message(exc)
+    if type(exc) in (sqlite3.OperationalError, sqlite3.DatabaseError):
+        return f"database error: {first_line(exc)}"
+    if isinstance(exc, pickle.UnpicklingError):
+        return f"refused to load pickle data, which can run code: {first_line(exc)}"
+    if type(exc).__name__ == "SafetensorError":
+        return f"cannot read a safetensors file (empty, truncated or corrupt): {first_line(exc)}"
+    if isinstance(exc, UnicodeDecodeError):
+        return f"an input file is not UTF-8 text ({first_line(exc)})"
+    return None
+
+
+def _is_out_of_memory(exc: BaseException) -> bool:
+    if isinstance(exc, MemoryError):
+        return True
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(exc, getattr(torch, "OutOfMemoryError", ())):
+        return True
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and (
+        "can't allocate memory" in text or "out of memory" in text.lower()
+    )
+
+
+def _os_error_message(exc: OSError) -> str:
+    reason = exc.strerror or first_line(exc)
+    if exc.filename is None:
+        return reason
+    where = f"'{exc.filename}'"
+    if exc.filename2 is not None:
+        where += f" -> '{exc.filename2}'"
+    return f"{reason}: {where}"
