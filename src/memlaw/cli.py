@@ -112,7 +112,7 @@ class MemorySetOptions:
 
 @dataclass(frozen=True)
 class RuntimeOptions:
-    """Where and how the model runs."""
+    """Where and how the model runs: the keywords of :func:`memlaw.models.load_model`."""
 
     dtype: str = option(DtypeOption)
     device: str = option("cpu", "--device", help="cpu or cuda.")
@@ -1047,9 +1047,7 @@ def plan_command(
         help="The modules you adapt (default: memlaw train's, mlp): checked against the law's.",
     ),
     base_loss: float = typer.Option(
-        None,
-        "--base-loss",
-        help="Base loss L0 of your data (nats/token), with --length.",
+        None, "--base-loss", help="Base loss L0 of your data (nats/token), with --length."
     ),
     force: bool = typer.Option(
         False, "--force", help="Plan even for data or modules the law was not measured on."
