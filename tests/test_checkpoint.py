@@ -92,3 +92,19 @@ def test_checkpoint_every_must_be_positive(tmp_path):
 
 def test_doctests():
     assert doctest.testmod(checkpoint_module).failed == 0
+
+
+def test_memlaw_train_checkpoint_on_the_command_line(tmp_path, capsys, monkeypatch):
+    from tests.test_cli import memlaw
+
+    args = ["train", "-m", "tiny", "--generate", "phonebook:4", "--epochs", "12", "--method", "sft"]
+    folder = tmp_path / "ck"
+    code, _, err = memlaw(capsys, monkeypatch, *args, "--out", tmp_path / "run",
+                          "--checkpoint", folder)  # fmt: skip
+    assert code == 0, err
+    assert (tmp_path / "run" / "adapter_model.safetensors").exists()
+    assert not folder.exists()  # the adapter is saved: the checkpoint has nothing left to do
+    (tmp_path / "file").write_text("x")
+    code, _, err = memlaw(capsys, monkeypatch, *args, "--out", tmp_path / "run2",
+                          "--checkpoint", tmp_path / "file")  # fmt: skip
+    assert code == 2 and err.startswith("error: --checkpoint") and len(err.splitlines()) == 1

@@ -102,6 +102,35 @@ def test_report_with_a_given_law(sweep_db, tmp_path, capsys, monkeypatch):
     assert (tmp_path / "g_law.json").read_bytes() == law.read_bytes()
 
 
+def test_fit_validates_on_off_grid_points_and_the_report_shows_them(
+    sweep_db, tmp_path, capsys, monkeypatch
+):
+    off = make_db(tmp_path / "off.db", [synthetic_row(3, 24, capped=False)])
+    law_path = fit_law(capsys, monkeypatch, sweep_db, tmp_path / "law.json", "--validate", off)
+    check = MemoryLaw.load(law_path).metadata_["validation"]
+    assert check["db"] == "off.db" and [p["rank"] for p in check["points"]] == [3]
+    assert check["median_relative_error"] < 0.01  # the synthetic rows lie on one law
+    code, out, err = memlaw(
+        capsys,
+        monkeypatch,
+        "report",
+        "--db",
+        sweep_db,
+        "--law",
+        law_path,
+        "-o",
+        tmp_path / "v.html",
+    )
+    assert code == 0, err
+    page = (tmp_path / "v.html").read_text(encoding="utf-8")
+    assert "Off-grid points" in page and "off.db" in page
+    err = one_line_error(
+        capsys, monkeypatch, "fit", "--db", sweep_db, "-o", tmp_path / "x.json",
+        "--validate", tmp_path / "missing.db",
+    )  # fmt: skip
+    assert "--validate" in err
+
+
 def test_fit_one_method_of_several(tmp_path, capsys, monkeypatch):
     rows = law_rows() + [
         synthetic_row(r, 32, capped=False, method="memft-ot", key=f"r{r}-l32-n1-memft-ot-s0")

@@ -10,6 +10,7 @@ import functools
 import inspect
 import json
 import os
+import shutil
 import sys
 import time
 import typing
@@ -49,6 +50,18 @@ DbOption = typer.Option(Path("sweep.db"), "--db", help="Sweep database (SQLite).
 TauOption = typer.Option(0.5, "--tau", help="Recall boundary: a token is certified when p > tau.")
 DtypeOption = typer.Option("float32", "--dtype", help="float32, bfloat16 or float16.")
 LrOption = typer.Option(LEARNING_RATE, "--lr", help="AdamW learning rate.")
+BatchSizeOption = typer.Option(
+    None,
+    "--batch-size",
+    help="Items per step (0: the whole set; default: the recipe's, about 6 steps per epoch, "
+    "4 to 16 items).",
+)
+AnnealOption = typer.Option(
+    ANNEAL_PATIENCE,
+    "--anneal-patience",
+    help="Halve the rate after this many epochs without a 1% better loss (down to lr/8); a "
+    "plateau there ends the run (0: a constant rate; a sweep then stops on --plateau-window).",
+)
 
 
 def out_option(default: str, help: str) -> Any:
@@ -385,17 +398,8 @@ class TrainingOptions:
     epochs: int | None = option(
         None, "--epochs", help="Epoch budget (default: 400, ended early by recall or plateau)."
     )
-    batch_size: int | None = option(
-        None,
-        "--batch-size",
-        help="Items per step (0: the whole set; default: about 6 steps per epoch, 4 to 16 items).",
-    )
-    anneal_patience: int = option(
-        ANNEAL_PATIENCE,
-        "--anneal-patience",
-        help="Halve the rate after this many epochs without a 1% better loss (down to "
-        "lr/8); a plateau there ends the run (0: constant rate, no plateau stop).",
-    )
+    batch_size: int | None = option(BatchSizeOption)
+    anneal_patience: int = option(AnnealOption)
     grad_clip: float = option(1.0, "--grad-clip", help="Gradient norm clipping.")
     seed: int = option(0, "--seed", help="Seed: same seed, same losses.")
     tau: float = option(TauOption)
@@ -465,6 +469,12 @@ def train_command(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output folder."),
     runtime: RuntimeOptions = RuntimeOptions(),
     as_json: bool = typer.Option(False, "--json", help="Print the run record as JSON."),
+    checkpoint: Path = typer.Option(
+        None,
+        "--checkpoint",
+        help="A folder for the run's state every 10 epochs: the same command, run again after "
+        "a kill, continues from it (removed once the adapter is saved).",
+    ),
 ) -> None:
     """Memorize a memory set into a LoRA adapter (PEFT, safetensors) with SFT or MemFT.
 
@@ -488,10 +498,16 @@ def train_command(
     base, tokenizer = load(model, runtime)
     encoded = memory_set(base, tokenizer, memory)
     check_lora_fits(base, lora)  # layers, modules and memory, before any allocation
-    result = run_training(base, tokenizer, encoded, lora, config, f"{config.method} r={lora.rank}")
+    if checkpoint is not None:
+        check_writable(checkpoint, "--checkpoint", folder=True, overwrite=True)
+        _check_not_an_input(checkpoint, "--checkpoint", {"--data": memory.data, "--out": out})
+    label = f"{config.method} r={lora.rank}"
+    result = run_training(base, tokenizer, encoded, lora, config, label, checkpoint=checkpoint)
     source = str(memory.data or memory.generate)
     extra = {"model": model, "data": source, "separator": memory.separator}
     save_run(result, out, overwrite=overwrite, extra=extra)
+    if checkpoint is not None:
+        shutil.rmtree(checkpoint, ignore_errors=True)  # the adapter is saved: nothing to resume
     record = result.record()
     if as_json:
         _print_json({k: v for k, v in record.items() if k != "log"})
@@ -519,8 +535,8 @@ def _progress() -> Progress:
     )
 
 
-def run_training(model, tokenizer, encoded, lora, config, label: str):
-    """Train with a progress bar; returns the TrainResult."""
+def run_training(model, tokenizer, encoded, lora, config, label: str, checkpoint=None):
+    """Train with a progress bar (``checkpoint``: memlaw.train's); returns the TrainResult."""
     from memlaw.train import train
 
     with _progress() as progress:
@@ -538,7 +554,9 @@ def run_training(model, tokenizer, encoded, lora, config, label: str):
                 certified=entry.certified_items,
             )
 
-        return train(model, tokenizer, encoded, lora, config, on_step=on_step)
+        return train(
+            model, tokenizer, encoded, lora, config, on_step=on_step, checkpoint=checkpoint
+        )
 
 
 RUN_ROWS = (
@@ -770,22 +788,13 @@ class PointOptions:
     max_epochs: int | None = option(
         None, "--max-epochs", help="Epoch cap of each point (replaces --max-steps)."
     )
-    batch_size: int | None = option(
-        None,
-        "--batch-size",
-        help="Items per step (0: the whole set; default: the default recipe's for each set size).",
-    )
+    batch_size: int | None = option(BatchSizeOption)
     stop_at_certified: bool = option(
         True,
         "--stop-at-certified/--train-past-certified",
         help="End a point once every target token has p > 0.5.",
     )
-    anneal_patience: int = option(
-        ANNEAL_PATIENCE,
-        "--anneal-patience",
-        help="As memlaw train: halve the rate after this many epochs without progress, down "
-        "to lr/8, and end a point at a plateau there (0: constant rate and --plateau-window).",
-    )
+    anneal_patience: int = option(AnnealOption)
     plateau_on: str = option(
         "information",
         "--plateau-on",
@@ -966,19 +975,29 @@ def fit_command(
     bootstrap: int = typer.Option(
         200, "--bootstrap", help="Bootstrap resamples for the 95% intervals."
     ),
+    validate: Path = typer.Option(
+        None,
+        "--validate",
+        help="A sweep database of off-grid points (same settings): predicted vs measured, "
+        "saved in the law.",
+    ),
 ) -> None:
     """Fit the law to a sweep (the paper's form and a saturating one; the better by AIC is
     saved), with its recall boundary, and save it as JSON.
 
-    Example: memlaw fit --db sweep.db --out law.json
+    Example: memlaw fit --db sweep.db --out law.json --validate off-grid.db
     """
     from memlaw.atomic import check_writable
     from memlaw.fit import fit_store
 
     check_integer(bootstrap, "--bootstrap", low=0)
+    if validate is not None:
+        _check_input_file(validate, "--validate")
     check_writable(out, "--out")
-    _check_not_an_input(out, "--out", {"--db": db})
-    fitted = fit_store(db, method=method, include_capped=include_capped, n_bootstrap=bootstrap)
+    _check_not_an_input(out, "--out", {"--db": db, "--validate": validate})
+    fitted = fit_store(
+        db, method=method, include_capped=include_capped, n_bootstrap=bootstrap, validate=validate
+    )
     fitted.law.save(out)
     _print_fit(fitted)
     console.print(f"law saved to {out}", markup=False)
@@ -1029,6 +1048,31 @@ def _print_fit(fitted) -> None:
             f"{fitted.excluded_capped} points hit the cap and were left out "
             "(--include-capped to keep them)"
         )
+    validation = law.metadata_.get("validation")
+    if validation:
+        header = ("rank", "ℓ", "ΔL", "predicted", "error", "bits", "predicted", "certified", "law")
+        rows = [_validation_row(point) for point in validation["points"]]
+        title = f"off-grid points ({validation['db']}): median ΔL error "
+        title += f"{validation['median_relative_error']:.1%}"
+        console.print(_table(title, header, rows, label=False))
+
+
+def _validation_row(point: dict) -> tuple[str, ...]:
+    def yes_no(value) -> str:
+        return "—" if value is None else ("yes" if value else "no")
+
+    bits = point.get("bits")
+    return (
+        str(point["rank"]),
+        f"{point['length']:g}",
+        f"{point['delta_loss']:.4f}",
+        f"{point['predicted_delta']:.4f}",
+        f"{point['relative_error']:.1%}",
+        "—" if bits is None else f"{bits:,.0f}",
+        "—" if bits is None else f"{point['predicted_bits']:,.0f}",
+        yes_no(point["certified"]),
+        yes_no(point.get("predicted_certified")),
+    )
 
 
 @app.command("plan")

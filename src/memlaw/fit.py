@@ -449,6 +449,10 @@ def validate_law(law: MemoryLaw, rows: Iterable[Mapping[str, Any]]) -> dict[str,
             measured = capacity(point)
             guess = capacity(LawPoint(**{**point.to_dict(), "delta_loss": predicted}))
             record |= {"bits": measured["bits"], "predicted_bits": guess["bits"]}
+        bound = recall.get("lower_bound")
+        if "boundary" not in recall and bound:  # every grid point certified: measured only
+            within = point.n_eff >= bound["n_eff"] and point.length <= bound["length"]
+            record["predicted_certified"] = True if within else None
         if "boundary" in recall:
             needed = certifying_n_eff(recall, point.length)
             record |= {

@@ -304,12 +304,42 @@ def _law_section(fit: _Fit) -> str:
         parts.append(f"<h3>Hold-out check, form “{_esc(form)}”</h3>" + _holdout_html(holdout))
     if recall is not None:
         parts.append("<h3>Recall law and boundary</h3>" + _recall_html(recall))
+    validation = fit.check("validation")
+    if validation:
+        parts.append(
+            f"<h3>Off-grid points ({_esc(validation['db'])}), never seen by the fit</h3>"
+            + _validation_html(validation)
+        )
     return "\n".join(parts)
+
+
+def _validation_html(validation: dict) -> str:
+    def said(value: Any) -> str:
+        return "—" if value is None else ("yes" if value else "no")
+
+    header = ["rank", "ℓ", "ΔL", "predicted ΔL", "error", "bits", "predicted bits"]
+    header += ["certified", "law says certified"]
+    rows = [
+        [
+            _text(p["rank"]),
+            _text(p["length"]),
+            _number(p["delta_loss"], 4),
+            _number(p["predicted_delta"], 4),
+            _percent(p["relative_error"]),
+            _text(None if p.get("bits") is None else round(p["bits"])),
+            _text(None if p.get("predicted_bits") is None else round(p["predicted_bits"])),
+            said(p["certified"]),
+            said(p.get("predicted_certified")),
+        ]
+        for p in validation["points"]
+    ]
+    median = _percent(validation["median_relative_error"])
+    return f"<p>Median relative ΔL error {median}.</p>" + _table(header, rows)
 
 
 def _recall_html(recall: dict) -> str:
     if "error" in recall:
-        return f"<p>{_esc(recall['error'])}</p>"
+        return f"<p>{_esc(recall['error'])}</p>" + _measured_html(recall)
     b, intervals = recall["boundary"], recall.get("intervals", {})
     text = (
         f"<p>{_esc(recall['rule'])}: a = {b['a']:.3f}, b = {b['b']:.3f}, c = {b['c']:.3f}; "
@@ -318,6 +348,10 @@ def _recall_html(recall: dict) -> str:
         f"{recall.get('bootstrap_ok', 0)} bootstrap refits). Mean |error| of the certified "
         f"share: {_percent(recall.get('mean_abs_error'))}.</p>"
     )
+    return text + _measured_html(recall)
+
+
+def _measured_html(recall: dict) -> str:
     rows = [
         [
             _text(m["length"]),
@@ -327,8 +361,10 @@ def _recall_html(recall: dict) -> str:
         ]
         for m in recall.get("measured", [])
     ]
+    if not rows:
+        return ""
     header = ["ℓ", "smallest N_eff that certified", "largest N_eff run", "best certified share"]
-    return text + _table(header, rows)
+    return _table(header, rows)
 
 
 def _law_summary(fit: _Fit) -> str:
