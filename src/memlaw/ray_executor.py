@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from types import ModuleType
 
-from memlaw.errors import MemlawError
+from memlaw.errors import MemlawError, first_line
 from memlaw.sweep import SweepPoint, SweepSpec, _init_worker, run_point
 
 # No square brackets: the command line prints errors with rich, which reads [...] as markup.
@@ -131,8 +131,7 @@ class RayExecutor:
                 ray.init(address=self.address, **quiet)
         except (ConnectionError, ValueError, RuntimeError) as exc:
             where = f"at '{self.address}'" if self.address else "locally"
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise MemlawError(f"cannot start or reach Ray {where}: {first}") from None
+            raise MemlawError(f"cannot start or reach Ray {where}: {first_line(exc)}") from None
         self._ray, self._owns_connection = ray, True
         return self
 
@@ -242,5 +241,4 @@ class RayExecutor:
                 raise MemlawError(str(cause)) from None
             raise
         except ray.exceptions.RayError as exc:  # a dead worker or node, twice
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise MemlawError(f"Ray lost point {point.key}: {first}") from None
+            raise MemlawError(f"Ray lost point {point.key}: {first_line(exc)}") from None
