@@ -266,17 +266,20 @@ def plan(args) -> list[dict]:
             methods=args.long_context_methods,
             data=long_context_data(args),
         )
-    if args.efficiency:
-        add(
-            "efficiency",
-            "parameter efficiency",
-            "phonebook",
-            args.epochs,
-            None,
-            ranks=args.efficiency_ranks,
-            lengths=args.efficiency,
-            methods=args.methods,
-        )
+    # The smallest certifying rank is searched upwards: a rank runs only for the methods that
+    # did not certify the set on every seed at every smaller rank (search_methods).
+    for length in args.efficiency:
+        for rank in sorted(args.efficiency_ranks):
+            add(
+                "efficiency",
+                f"parameter efficiency, ℓ {length}, rank {rank}",
+                "phonebook",
+                args.epochs,
+                None,
+                ranks=(rank,),
+                lengths=(length,),
+                methods=args.methods,
+            )
     if args.long_epochs:
         for rank, length in args.regime:
             label = f"rank {rank}, ℓ {length}, {args.long_epochs} epochs"
@@ -414,10 +417,43 @@ def reuse_points(spec, db: Path, sources: list[Path]) -> int:
     return copied
 
 
+def search_methods(args, job: dict) -> tuple[str, ...]:
+    """The methods an efficiency job still has to run: those that have not certified its
+    length on every seed at a smaller rank (the rows in its database say)."""
+    spec, db = job["spec"], job["db"]
+    (rank,), (length,) = spec.ranks, spec.lengths
+    rows = load_rows(db) if db.is_file() else []
+    seeds = set(args.seeds)
+
+    def certified_below(method: str) -> bool:
+        for smaller in (r for r in args.efficiency_ranks if r < rank):
+            cell = [
+                row
+                for row in rows
+                if (row["rank"], row["length"], row["method"]) == (smaller, length, method)
+                and row["seed"] in seeds
+            ]
+            if {row["seed"] for row in cell} == seeds and all(
+                row["certified_share"] == 1.0 for row in cell
+            ):
+                return True
+        return False
+
+    return tuple(m for m in spec.methods if not certified_below(m))
+
+
 def run_job(args, job: dict) -> dict:
+    from dataclasses import replace
+
     from memlaw.sweep import LocalExecutor, check_device, check_sweep_fits, sweep_into
 
     spec, db = job["spec"], job["db"]
+    if job["phase"] == "efficiency":
+        methods = search_methods(args, job)
+        if not methods:
+            print(f"\n## {job['label']}: every method certified at a smaller rank, skipped")
+            return {"total": 0, "skipped": 0, "done": 0}
+        spec = replace(spec, methods=methods)
     copied = reuse_points(spec, db, args.reuse) if args.reuse else 0
     if {p.key for p in spec.points()} - finished_keys(db):  # something left to run
         check_device(spec.device)

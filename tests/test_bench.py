@@ -201,3 +201,19 @@ def test_memft_at_capacity_verdict_rule_and_smallest_rank():
     )  # fmt: skip
     assert summary["recommended"]["method"] == "memft"
     assert summary["methods"]["memft"]["certified_share"]["min"] == 0.8
+
+    # The search runs a rank only for the methods not yet certified on every seed below it.
+    from pathlib import Path as _Path
+
+    bench.load_rows = lambda db: grid
+    job = {"db": _Path(__file__)}  # an existing file: its rows come from load_rows
+
+    def search(rank):
+        job["spec"] = argparse.Namespace(ranks=(rank,), lengths=(100,), methods=("sft", "memft"))
+        return bench.search_methods(args, job)
+
+    assert search(1) == ("sft", "memft")  # nothing below rank 1
+    assert search(2) == ("sft", "memft")  # sft missed on seed 0, memft lacks a seed at rank 1
+    assert search(4) == ()  # both certified every seed at rank 2
+    grid = rows(1.0, 1.0, 1.0, method="sft") + rows(0.5, 1.0, 1.0, method="memft")
+    assert search(2) == ("memft",)
