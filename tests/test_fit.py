@@ -253,6 +253,9 @@ def test_capped_rows_are_excluded_and_counted():
     assert meta["excluded_capped"] == 3 and meta["capped_in_fit"] == 0 and meta["runs_in_fit"] == 40
     assert result.law.alpha_ == pytest.approx(SATURATING["alpha"], rel=1e-3)
     assert max(p.length for p in result.law.points_) == 2000
+    # ... but not from the recall law: they ran out of the recipe's epochs uncertified.
+    assert result.recall["lengths"] == [250, 4000]
+    assert {m["length"]: m["n_eff"] for m in result.recall["measured"]}[4000] is None
 
     kept = fit_sweep(sweep_rows() + capped, metadata={}, include_capped=True, n_bootstrap=0)
     assert kept.excluded_capped == 0

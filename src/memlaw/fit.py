@@ -351,8 +351,9 @@ def fit_sweep(
     """Fit the law on sweep rows: every form in ``forms`` (AIC and hold-out compared, the
     lowest AIC shipped), the recall law, and each point's memorized information.
 
-    Rows that hit the cap (not converged, so their ΔL understates capacity) are left out
-    unless ``include_capped``; the rows must hold one method. Forms that need L0 (saturating)
+    Rows that hit the cap (not converged, so their ΔL understates capacity) are left out of
+    the ΔL law unless ``include_capped``, but not of the recall law: within the recipe's cap,
+    they did not certify. The rows must hold one method. Forms that need L0 (saturating)
     are skipped when the rows lack it. A check that cannot run on this grid is recorded as
     ``{"error": ...}`` instead of failing the fit.
     """
@@ -389,7 +390,10 @@ def fit_sweep(
     }
     form = _chosen_form(compared, candidates)
     law = MemoryLaw(form, n_bootstrap=n_bootstrap, seed=seed).fit(points, metadata=metadata)
-    recall = _guarded(lambda: recall_law(points, n_bootstrap=n_bootstrap, seed=seed))
+    # Recall is what the recipe certifies within its cap, so a point that ran out of epochs
+    # uncertified is a failure the recall law must see, even when ΔL leaves it out.
+    recall_points = law_points([row for row in rows if str(row["method"]) == method])
+    recall = _guarded(lambda: recall_law(recall_points, n_bootstrap=n_bootstrap, seed=seed))
     table = [_capacity_row(p) for p in points]
     law.metadata_ = {
         **law.metadata_,
