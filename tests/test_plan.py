@@ -204,6 +204,23 @@ def test_a_law_whose_every_point_certified_plans_from_what_was_measured():
     assert plan(wide, FACTS).certifying_rank_range == (1, 4)
 
 
+def test_the_fitted_boundary_is_held_to_the_laws_own_measurements():
+    # The fitted boundary says N*(2000) = 8, but rank 2 certified ℓ 2000 and rank 1 failed it,
+    # and rank 1 certified ℓ 1000: the plan says what was measured.
+    measured = [[1, 1000, 1.0], [1, 2000, 0.36], [2, 2000, 1.0], [4, 4000, 0.9]]
+    law = make_law(recall=dict(RECALL, points=measured))
+    result = plan(law, MemorySet(length=2000, base_loss=L0, info_baseline=H, kind="facts"))
+    assert result.certifying_rank == 2 and result.certifying_rank_range == (2, 2)
+    assert any("held to the law's own measurements" in note for note in result.notes)
+    assert any(row["certifies"] for row in result.rows if row["rank"] == 2)
+    one = plan(law, FACTS, current_rank=1).holds  # rank 1 holds at least 1000, less than 2000
+    assert 1000 <= one["certified_length"] < 2000
+    assert 1000 <= one["certified_length_range"][0] <= one["certified_length_range"][1] < 2000
+    # ℓ 4000: rank 4 failed there, so the fitted N* = 16 stands (it is above 4).
+    longer = plan(law, MemorySet(length=4000, base_loss=L0, info_baseline=H, kind="facts"))
+    assert longer.certifying_rank == 16
+
+
 def test_plan_flags_extrapolation():
     result = plan(make_law(), MemorySet(length=4000), ranks=(1, 64))
     assert any("outside the lengths" in note and "250–2000" in note for note in result.notes)

@@ -226,6 +226,7 @@ def recall_law(
         "bootstrap_ok": len(draws),
         "mean_abs_error": float(np.mean(np.abs(predicted - y))),
         "measured": measured_boundary(usable),
+        "points": measured_points(usable),
         "lengths": [plain(min(p.length for p in usable)), plain(max(p.length for p in usable))],
         "n_effs": [plain(min(p.n_eff for p in usable)), plain(max(p.n_eff for p in usable))],
     }
@@ -250,9 +251,32 @@ def _all_certified(points: list[LawPoint]) -> dict[str, Any]:
         ),
         "lower_bound": bound,
         "measured": measured_boundary(points),
+        "points": measured_points(points),
         "lengths": [plain(min(p.length for p in points)), plain(max(p.length for p in points))],
         "n_effs": [plain(smallest), plain(max(p.n_eff for p in points))],
     }
+
+
+def measured_points(points: list[LawPoint]) -> list[list[float]]:
+    """[N_eff, ℓ, certified share] of every point: the measurements a plan is held to."""
+    return [[plain(p.n_eff), plain(p.length), float(p.certified_share)] for p in points]
+
+
+def measured_limits(recall: Mapping[str, Any], length: float) -> tuple[float | None, float | None]:
+    """What the measured points say of the N_eff that certifies ℓ tokens: above every N_eff
+    that failed (not every item certified) on a set no longer than ℓ, and at most the smallest
+    N_eff that certified a set at least as long. ``(failed, certified)``, None where no point
+    says.
+
+    >>> measured_limits({"points": [[1, 1000, 1.0], [1, 2000, 0.4], [2, 2000, 1.0]]}, 2000)
+    (1, 2)
+    >>> measured_limits({"points": [[1, 1000, 1.0], [1, 2000, 0.4]]}, 800)
+    (None, 1)
+    """
+    measured = recall.get("points") or []
+    failed = [n for n, ell, share in measured if share < 1.0 and ell <= length]
+    certified = [n for n, ell, share in measured if share >= 1.0 and ell >= length]
+    return (max(failed) if failed else None), (min(certified) if certified else None)
 
 
 def measured_boundary(points: list[LawPoint]) -> list[dict[str, Any]]:

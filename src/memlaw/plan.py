@@ -36,6 +36,7 @@ from memlaw.errors import MemlawError
 from memlaw.fit import (
     certified_length,
     certifying_n_eff,
+    measured_limits,
     predicted_certified_share,
     recall_law,  # noqa: F401 (the doctest's)
 )
@@ -138,6 +139,32 @@ def _whole(value: Any, name: str) -> int:
 _SLACK = 1e-9
 
 
+def _certifying(recall: Mapping[str, Any], length: float, quantile: float | None = None) -> float:
+    """N*(ℓ) of the recall law (or a quantile of it), held to what the law's own points
+    measured: above an N_eff that failed on a set no longer than ℓ, at most one that certified
+    a set at least as long. A fitted curve may not contradict a measurement."""
+    needed = certifying_n_eff(recall, length, quantile=quantile)
+    failed, certified = measured_limits(recall, length)
+    if failed is not None:
+        needed = max(needed, failed * (1 + 1e-6))
+    if certified is not None:
+        needed = min(needed, certified)
+    return needed
+
+
+def _certifiable(recall: Mapping[str, Any], n_eff: float, length: float) -> float:
+    """ℓ*(N) of the recall law held to the measured points likewise: at least the longest set
+    an N_eff no larger certified, below the shortest that one no smaller failed."""
+    points = recall.get("points") or []
+    held = [ell for n, ell, share in points if share >= 1.0 and n <= n_eff]
+    lost = [ell for n, ell, share in points if share < 1.0 and n >= n_eff]
+    if held:
+        length = max(length, max(held))
+    if lost:
+        length = min(length, min(lost) * (1 - 1e-6))
+    return length
+
+
 def _rank_for(n_eff: float, layers: int) -> int:
     return max(1, math.ceil(n_eff / layers * (1 - _SLACK)))
 
@@ -207,7 +234,7 @@ def _row(law: MemoryLaw, memory: MemorySet, rank: int, layers: int, span, recall
         bits = memory.length * max(0.0, memory.ceiling - final) / math.log(2)
     per_rank = _params_per_rank(law)
     share = None if recall is None else predicted_certified_share(recall, n_eff, memory.length)
-    needed = None if recall is None else certifying_n_eff(recall, memory.length)
+    needed = None if recall is None else _certifying(recall, memory.length)
     outside = span is not None and not (
         span[0][0] <= unit <= span[0][1] and span[1][0] <= memory.length <= span[1][1]
     )
@@ -261,9 +288,15 @@ def plan(
             "with memlaw fit on a sweep that records certified shares"
         )
     else:
-        certifying = certifying_n_eff(recall, memory.length)
-        low = certifying_n_eff(recall, memory.length, quantile=0.025)
-        high = certifying_n_eff(recall, memory.length, quantile=0.975)
+        fitted = certifying_n_eff(recall, memory.length)
+        certifying = _certifying(recall, memory.length)
+        if certifying != fitted:
+            notes.append(
+                f"the recall law's N*(ℓ) = {fitted:.3g} is held to the law's own measurements "
+                f"({_measured_text(recall, memory.length)}): N_eff {certifying:.3g}"
+            )
+        low = _certifying(recall, memory.length, quantile=0.025)
+        high = _certifying(recall, memory.length, quantile=0.975)
         certifying_range = (_rank_for(low, layers), _rank_for(high, layers))
         grid = sorted(set(grid) | {_rank_for(certifying, layers)})
     rows = [_row(law, memory, rank, layers, span, recall) for rank in grid]
@@ -287,6 +320,16 @@ def plan(
     )
 
 
+def _measured_text(recall: Mapping[str, Any], length: float) -> str:
+    failed, certified = measured_limits(recall, length)
+    said = []
+    if failed is not None:
+        said.append(f"N_eff {failed:g} did not certify a set of ℓ ≤ {length:g}")
+    if certified is not None:
+        said.append(f"N_eff {certified:g} certified one of ℓ ≥ {length:g}")
+    return "; ".join(said)
+
+
 def _holds(law, memory: MemorySet, rank: int, layers: int, span, recall) -> dict[str, Any]:
     """How much ``rank`` holds: the most tokens it certifies (with the interval of the recall
     boundary) and its predicted memory on this set."""
@@ -294,12 +337,13 @@ def _holds(law, memory: MemorySet, rank: int, layers: int, span, recall) -> dict
     out = {"rank": rank, "n_eff": rank * layers, "on_this_set": row}
     if recall is not None:
         n_eff = rank * layers
-        out["certified_length"] = certified_length(recall, n_eff)
+        out["certified_length"] = _certifiable(recall, n_eff, certified_length(recall, n_eff))
         draws = recall["boundary"].get("draws") or []
         if draws:
             # in logs: an ill-determined draw (k → 0) must not overflow
             lengths = sorted(
-                math.exp(min((math.log(n_eff) - log_a) / k, 700.0)) for k, log_a in draws
+                _certifiable(recall, n_eff, math.exp(min((math.log(n_eff) - log_a) / k, 700.0)))
+                for k, log_a in draws
             )
             out["certified_length_range"] = (
                 lengths[int(0.025 * (len(lengths) - 1))],
