@@ -1141,6 +1141,14 @@ def plan_command(
     console.print(f"plot: {png}", markup=False)
 
 
+def _length_span(span, longest: float | None) -> str:
+    """An interval of lengths; an end far past the law's longest set is said as such (an
+    ill-determined bootstrap draw can put it at astronomical lengths)."""
+    if longest is None or span[1] <= 10 * longest:
+        return f"{span[0]:,.0f}–{span[1]:,.0f}"
+    return f"{span[0]:,.0f} to more than {10 * longest:,.0f}, 10× the longest set measured"
+
+
 def _print_plan(result, law, data: Path | None, model: str) -> None:
     from memlaw.plan import train_command
 
@@ -1166,7 +1174,7 @@ def _print_plan(result, law, data: Path | None, model: str) -> None:
         console.print(
             f"rank {holds['rank']} certifies up to about {holds['certified_length']:,.0f} target "
             "tokens"
-            + (f" (95% interval {span[0]:,.0f}–{span[1]:,.0f})" if span else "")
+            + (f" (95% interval {_length_span(span, holds.get('measured_up_to'))})" if span else "")
             + (
                 f" and is predicted to store {holds['on_this_set']['memorized_bits']:,.0f} bits "
                 "of this set"

@@ -292,8 +292,9 @@ def plan(
         certifying = _certifying(recall, memory.length)
         if certifying != fitted:
             notes.append(
-                f"the recall law's N*(ℓ) = {fitted:.3g} is held to the law's own measurements "
-                f"({_measured_text(recall, memory.length)}): N_eff {certifying:.3g}"
+                f"the recall law's N*(ℓ) = {fitted:.3g} (rank {_rank_for(fitted, layers)}) is "
+                f"held to the law's own measurements ({_measured_text(recall, memory.length)}):"
+                f" rank {_rank_for(certifying, layers)}"
             )
         low = _certifying(recall, memory.length, quantile=0.025)
         high = _certifying(recall, memory.length, quantile=0.975)
@@ -335,6 +336,8 @@ def _holds(law, memory: MemorySet, rank: int, layers: int, span, recall) -> dict
     boundary) and its predicted memory on this set."""
     row = _row(law, memory, rank, layers, span, recall)
     out = {"rank": rank, "n_eff": rank * layers, "on_this_set": row}
+    if span is not None:
+        out["measured_up_to"] = span[1][1]  # the longest set the law measured
     if recall is not None:
         n_eff = rank * layers
         out["certified_length"] = _certifiable(recall, n_eff, certified_length(recall, n_eff))
