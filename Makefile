@@ -47,12 +47,19 @@ bench-capacity: install
 # The default law of smollm2-135m: PhoneBook on the MLP of layer 20, SFT, memlaw train's recipe,
 # every point trained to certified recall or plateau (hours on two cores; resumable: rerun to
 # continue, see laws/README.md).
-PHONEBOOK_GRID := --model smollm2-135m --data phonebook --modules mlp --ranks 1,2,4,8 \
-	--lengths 250,500,1000,2000,4000 --seeds 0 --lr 0.01 --max-epochs 400 --plateau-window 20 \
-	--plateau-tolerance 0.01 --workers 2
+PHONEBOOK_SETTINGS := --model smollm2-135m --data phonebook --modules mlp --seeds 0 --lr 0.01 \
+	--max-epochs 400 --plateau-window 20 --plateau-tolerance 0.01
+PHONEBOOK_GRID := $(PHONEBOOK_SETTINGS) --ranks 1,2,4,8 --lengths 250,500,1000,2000,4000 --workers 2
 phonebook-law: install
 	$(BIN)/memlaw sweep $(PHONEBOOK_GRID) --db laws/smollm2-135m-phonebook.db
-	$(BIN)/memlaw fit --db laws/smollm2-135m-phonebook.db --out src/memlaw/laws/smollm2-135m.json
+	$(BIN)/memlaw sweep $(PHONEBOOK_SETTINGS) --ranks 1 --lengths 700 --workers 1 \
+		--db laws/smollm2-135m-phonebook-validation.db
+	$(BIN)/memlaw sweep $(PHONEBOOK_SETTINGS) --ranks 3 --lengths 1500 --workers 1 \
+		--db laws/smollm2-135m-phonebook-validation.db
+	$(BIN)/memlaw sweep $(PHONEBOOK_SETTINGS) --ranks 6 --lengths 3000 --workers 1 \
+		--db laws/smollm2-135m-phonebook-validation.db
+	$(BIN)/memlaw fit --db laws/smollm2-135m-phonebook.db --include-capped \
+		--validate laws/smollm2-135m-phonebook-validation.db --out src/memlaw/laws/smollm2-135m.json
 	$(BIN)/memlaw report --db laws/smollm2-135m-phonebook.db --law src/memlaw/laws/smollm2-135m.json \
 		--out laws/smollm2-135m-phonebook-report.html
 

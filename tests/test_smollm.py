@@ -63,3 +63,31 @@ def test_short_run_and_probe_on_the_default_model(fresh_cache, tmp_path):
     again = probe(PeftModel.from_pretrained(base, tmp_path / "run"), tokenizer, encoded)
     assert again.final_loss == pytest.approx(report.final_loss, rel=1e-5)
     assert [i.exact_match for i in again.items] == [i.exact_match for i in report.items]
+
+
+def test_the_shipped_law_plans_phonebooks_and_refuses_text(
+    fresh_cache, tmp_path, capsys, monkeypatch
+):
+    """The default law (PhoneBook, MLP of layer 20): a certifying rank for a phonebook of 100
+    entries (the shared PB1000 file, or memlaw's generator where it is absent), and a one-line
+    refusal for text, naming the kind mismatch."""
+    from tests.conftest import SHARED_BENCHMARKS
+    from tests.test_cli import memlaw
+
+    phonebook = SHARED_BENCHMARKS / "phonebook" / "PB1000.jsonl"
+    if not phonebook.is_file():  # no shared folder beside this checkout
+        phonebook = tmp_path / "pb.jsonl"
+        entries = generate_phonebook(100)
+        lines = [json.dumps({"prompt": e.prompt, "target": e.target}) for e in entries]
+        phonebook.write_text("\n".join(lines) + "\n")
+    code, out, err = memlaw(capsys, monkeypatch, "plan", "--data", phonebook, "--json",
+                            "--png", tmp_path / "p.png")  # fmt: skip
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["memory"]["kind"] == "facts" and result["certifying_rank"] >= 1
+    text = tmp_path / "doc.jsonl"
+    line = {"prompt": "Recite:", "target": "The river bends twice before it reaches the town."}
+    text.write_text(json.dumps(line) + "\n")
+    code, _, err = memlaw(capsys, monkeypatch, "plan", "--data", text, "--png", tmp_path / "t.png")
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "measured on key→value facts, and this data is text" in err
