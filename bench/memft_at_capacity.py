@@ -243,18 +243,14 @@ def plan(args) -> list[dict]:
             }
         )
 
+    def cell(phase: str, label: str, epochs: int, capacity: bool | None, rank: int, length: int):
+        """One PhoneBook cell: every method and seed at this rank and length."""
+        grid = {"ranks": (rank,), "lengths": (length,), "methods": args.methods}
+        add(phase, label, "phonebook", epochs, capacity, **grid)
+
     for rank, length in args.regime:
         label = f"rank {rank}, ℓ {length}, {args.epochs} epochs"
-        add(
-            "capacity",
-            label,
-            "phonebook",
-            args.epochs,
-            True,
-            ranks=(rank,),
-            lengths=(length,),
-            methods=args.methods,
-        )
+        cell("capacity", label, args.epochs, True, rank, length)
     if args.long_context:
         label = f"Long-Context {args.long_context_file.name}, ℓ {args.long_context_length}"
         add(
@@ -272,29 +268,12 @@ def plan(args) -> list[dict]:
     # did not certify the set on every seed at every smaller rank (search_methods).
     for length in args.efficiency:
         for rank in sorted(args.efficiency_ranks):
-            add(
-                "efficiency",
-                f"parameter efficiency, ℓ {length}, rank {rank}",
-                "phonebook",
-                args.epochs,
-                None,
-                ranks=(rank,),
-                lengths=(length,),
-                methods=args.methods,
-            )
+            label = f"parameter efficiency, ℓ {length}, rank {rank}"
+            cell("efficiency", label, args.epochs, None, rank, length)
     if args.long_epochs:
         for rank, length in args.regime:
             label = f"rank {rank}, ℓ {length}, {args.long_epochs} epochs"
-            add(
-                "long",
-                label,
-                "phonebook",
-                args.long_epochs,
-                True,
-                ranks=(rank,),
-                lengths=(length,),
-                methods=args.methods,
-            )
+            cell("long", label, args.long_epochs, True, rank, length)
     return jobs
 
 
