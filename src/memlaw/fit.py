@@ -279,6 +279,21 @@ def measured_limits(recall: Mapping[str, Any], length: float) -> tuple[float | N
     return (max(failed) if failed else None), (min(certified) if certified else None)
 
 
+def held_certifying_n_eff(
+    recall: Mapping[str, Any], length: float, quantile: float | None = None
+) -> float:
+    """N*(ℓ) of the recall law (or a quantile of it), held to what the law's own points
+    measured: above an N_eff that failed on a set no longer than ℓ, at most one that certified
+    a set at least as long. A fitted curve may not contradict a measurement."""
+    needed = certifying_n_eff(recall, length, quantile=quantile)
+    failed, certified = measured_limits(recall, length)
+    if failed is not None:
+        needed = max(needed, failed * (1 + 1e-6))
+    if certified is not None:
+        needed = min(needed, certified)
+    return needed
+
+
 def measured_boundary(points: list[LawPoint]) -> list[dict[str, Any]]:
     """Per ℓ, the smallest measured N_eff that certified every item (None: none did)."""
     rows = []
@@ -482,7 +497,7 @@ def validate_law(law: MemoryLaw, rows: Iterable[Mapping[str, Any]]) -> dict[str,
             within = point.n_eff >= bound["n_eff"] and point.length <= bound["length"]
             record["predicted_certified"] = True if within else None
         if "boundary" in recall:
-            needed = certifying_n_eff(recall, point.length)
+            needed = held_certifying_n_eff(recall, point.length)
             record |= {
                 "certifying_n_eff": needed,
                 "predicted_certified": point.n_eff >= needed,

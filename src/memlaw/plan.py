@@ -36,6 +36,7 @@ from memlaw.errors import MemlawError
 from memlaw.fit import (
     certified_length,
     certifying_n_eff,
+    held_certifying_n_eff,
     measured_limits,
     predicted_certified_share,
     recall_law,  # noqa: F401 (the doctest's)
@@ -139,19 +140,6 @@ def _whole(value: Any, name: str) -> int:
 _SLACK = 1e-9
 
 
-def _certifying(recall: Mapping[str, Any], length: float, quantile: float | None = None) -> float:
-    """N*(ℓ) of the recall law (or a quantile of it), held to what the law's own points
-    measured: above an N_eff that failed on a set no longer than ℓ, at most one that certified
-    a set at least as long. A fitted curve may not contradict a measurement."""
-    needed = certifying_n_eff(recall, length, quantile=quantile)
-    failed, certified = measured_limits(recall, length)
-    if failed is not None:
-        needed = max(needed, failed * (1 + 1e-6))
-    if certified is not None:
-        needed = min(needed, certified)
-    return needed
-
-
 def _certifiable(recall: Mapping[str, Any], n_eff: float, length: float) -> float:
     """ℓ*(N) of the recall law held to the measured points likewise: at least the longest set
     an N_eff no larger certified, below the shortest that one no smaller failed."""
@@ -234,7 +222,7 @@ def _row(law: MemoryLaw, memory: MemorySet, rank: int, layers: int, span, recall
         bits = memory.length * max(0.0, memory.ceiling - final) / math.log(2)
     per_rank = _params_per_rank(law)
     share = None if recall is None else predicted_certified_share(recall, n_eff, memory.length)
-    needed = None if recall is None else _certifying(recall, memory.length)
+    needed = None if recall is None else held_certifying_n_eff(recall, memory.length)
     outside = span is not None and not (
         span[0][0] <= unit <= span[0][1] and span[1][0] <= memory.length <= span[1][1]
     )
@@ -289,15 +277,15 @@ def plan(
         )
     else:
         fitted = certifying_n_eff(recall, memory.length)
-        certifying = _certifying(recall, memory.length)
+        certifying = held_certifying_n_eff(recall, memory.length)
         if certifying != fitted:
             notes.append(
                 f"the recall law's N*(ℓ) = {fitted:.3g} (rank {_rank_for(fitted, layers)}) is "
                 f"held to the law's own measurements ({_measured_text(recall, memory.length)}):"
                 f" rank {_rank_for(certifying, layers)}"
             )
-        low = _certifying(recall, memory.length, quantile=0.025)
-        high = _certifying(recall, memory.length, quantile=0.975)
+        low = held_certifying_n_eff(recall, memory.length, quantile=0.025)
+        high = held_certifying_n_eff(recall, memory.length, quantile=0.975)
         certifying_range = (_rank_for(low, layers), _rank_for(high, layers))
         grid = sorted(set(grid) | {_rank_for(certifying, layers)})
     rows = [_row(law, memory, rank, layers, span, recall) for rank in grid]
