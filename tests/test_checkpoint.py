@@ -74,6 +74,18 @@ def test_a_checkpoint_of_another_run_is_refused(tmp_path):
         run("sft", folder, epochs=2, lr=0.01)
 
 
+def test_a_checkpoint_of_another_base_model_is_refused(tmp_path):
+    folder = tmp_path / "run"
+    run("sft", folder, epochs=2)
+    model, tokenizer = load_model("tiny")
+    model.config.rope_theta = 1234.0  # same shapes, another model: its weights must not mix
+    with pytest.raises(MemlawError, match="belongs to another run"):
+        train(model, tokenizer, items(tokenizer, "sft"), LoraSpec(rank=4),
+              TrainConfig(method="sft", epochs=2, batch_size=2, lr=0.05, anneal_patience=1,
+                          stop_when_certified=False),
+              checkpoint=folder, checkpoint_every=2)  # fmt: skip
+
+
 def test_an_unreadable_checkpoint_is_refused(tmp_path):
     folder = tmp_path / "run"
     run("sft", folder, epochs=2)

@@ -57,10 +57,14 @@ class RunState:
     seconds: float
 
 
-def run_fingerprint(config: Any, lora: Any, encoded: list[Any]) -> str:
-    """A hash of what makes two runs the same run: config, adapter spec and memory set."""
+def run_fingerprint(config: Any, lora: Any, encoded: list[Any], model: Any = None) -> str:
+    """A hash of what makes two runs the same run: config, adapter spec, memory set and the
+    base model's configuration (not its path: the same model may sit elsewhere)."""
     digest = hashlib.sha256()
-    digest.update(json.dumps([asdict(config), asdict(lora)], sort_keys=True, default=str).encode())
+    base = {} if model is None else model.config.to_dict()
+    base.pop("_name_or_path", None)
+    record = [asdict(config), asdict(lora), base]
+    digest.update(json.dumps(record, sort_keys=True, default=str).encode())
     for item in encoded:
         digest.update(json.dumps([list(item.input_ids), list(item.target_ids)]).encode())
     return digest.hexdigest()

@@ -195,7 +195,7 @@ def train(
     step_state = _StepState(objective, settings, len(encoded), next(model.parameters()).device)
     certificates = _Certificates(model, encoded, pad, config, budget.full_batch)
     parts = _Parts(params, optimizer, stopper, step_state, certificates)
-    saver = _Checkpointer(checkpoint, checkpoint_every, run_fingerprint(config, lora, encoded))
+    saver = _Checkpointer(checkpoint, checkpoint_every, config, lora, encoded, model)
     log, token_probabilities, last_good, elapsed = saver.restore(parts)
     started -= elapsed
     stop_reason = "budget"
@@ -278,10 +278,12 @@ class _Checkpointer:
     """Saves the run into ``folder`` every ``every`` epochs and puts it back on a restart
     (memlaw.checkpoint); without a folder, it does nothing."""
 
-    def __init__(self, folder: str | Path | None, every: int, fingerprint: str) -> None:
+    def __init__(self, folder: str | Path | None, every: int, config, lora, encoded, model):
         if every <= 0:
             raise MemlawError(f"checkpoint_every must be a positive epoch count, got {every}")
-        self.folder, self.every, self.fingerprint = folder, every, fingerprint
+        self.folder, self.every = folder, every
+        # the run's identity: its config, adapter, data and base model
+        self.fingerprint = run_fingerprint(config, lora, encoded, model.get_base_model())
 
     def restore(self, parts: _Parts):
         """(log, token probabilities, last good weights, seconds trained) of the checkpoint,
