@@ -282,8 +282,10 @@ class _Checkpointer:
         if every <= 0:
             raise MemlawError(f"checkpoint_every must be a positive epoch count, got {every}")
         self.folder, self.every = folder, every
-        # the run's identity: its config, adapter, data and base model
-        self.fingerprint = run_fingerprint(config, lora, encoded, model.get_base_model())
+        # the run's identity (config, adapter, data, base model), hashed only when checkpointing
+        self.fingerprint = None
+        if folder is not None:
+            self.fingerprint = run_fingerprint(config, lora, encoded, model.get_base_model())
 
     def restore(self, parts: _Parts):
         """(log, token probabilities, last good weights, seconds trained) of the checkpoint,
