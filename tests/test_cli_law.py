@@ -221,6 +221,23 @@ def test_plan_from_a_fitted_law(sweep_db, tmp_path, capsys, monkeypatch):
     assert "full recall" not in out
 
 
+def test_plan_from_a_grid_where_every_point_certified(tmp_path, capsys, monkeypatch):
+    db = make_db(tmp_path / "s.db", law_rows(certified_share=1.0))
+    law_path = fit_law(capsys, monkeypatch, db, tmp_path / "law.json")
+    assert "boundary" not in MemoryLaw.load(law_path).metadata_["recall"]
+    args = ("plan", "--law", law_path, "-m", "tiny", "--png", tmp_path / "p.png")
+    code, out, err = memlaw(capsys, monkeypatch, *args, "--length", 48)
+    assert code == 0, err
+    out = flat(out)
+    # Rank 1 certified ℓ 64 on the grid: measured, not fitted.
+    assert "smallest rank that certifies this set: 1 (95% interval: rank 1–1" in out
+    assert "rank 1 certified at least 64 target tokens on the law's grid (measured" in out
+    assert "measured, not fitted" in out
+    code, out, err = memlaw(capsys, monkeypatch, *args, "--length", 100)
+    assert code == 0, err
+    assert "smallest rank" not in out and "no rank is planned" in flat(out)
+
+
 def facts_file(path: Path, count: int = 20) -> Path:
     """A file of ``count`` short key→value facts (phone numbers)."""
     lines = [

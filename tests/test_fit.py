@@ -14,9 +14,11 @@ import memlaw.fit as fit_module
 from memlaw.errors import MemlawError
 from memlaw.fit import (
     certified_length,
+    certifies,
     certifying_n_eff,
     fit_store,
     fit_sweep,
+    held_certifying_n_eff,
     law_points,
     measured_boundary,
     predicted_certified_share,
@@ -393,18 +395,23 @@ def test_recall_law_needs_certified_shares():
         recall_law(points + [LawPoint(8, 100, 1.0)])
 
 
-def test_a_grid_where_every_point_certified_gives_a_measured_lower_bound():
+def test_a_grid_where_every_point_certified_keeps_what_was_measured():
     points = [
         LawPoint(n, length, 1.0, certified_share=1.0) for n in (1, 2, 4) for length in LENGTHS
     ]
     recall = recall_law(points)
     assert "boundary" not in recall
-    assert recall["lower_bound"] == {"n_eff": 1, "length": 2000}
     assert "every point certified its set (N_eff 1 certified ℓ = 2000)" in recall["error"]
     assert [m["n_eff"] for m in recall["measured"]] == [1, 1, 1, 1]
-    # Shares of ½ or more everywhere but not all certified at the smallest N_eff: no bound.
+    assert held_certifying_n_eff(recall, 2000) == 1  # measured: N* is at most 1
+    assert held_certifying_n_eff(recall, 2001) is None  # beyond what was measured
+    assert certifies(recall, 1, 2000) is True and certifies(recall, 1, 4000) is None
+    # Shares of ½ or more everywhere but not all certified at the smallest N_eff: the points
+    # still say that N_eff 1 failed ℓ 100 and N_eff 2 certified it.
     partly = [LawPoint(n, 100, 1.0, certified_share=0.6 if n == 1 else 1.0) for n in (1, 2, 4, 8)]
-    assert recall_law(partly)["lower_bound"] is None
+    recall = recall_law(partly)
+    assert held_certifying_n_eff(recall, 100) == 2
+    assert certifies(recall, 1, 100) is False and certifies(recall, 2, 100) is True
 
 
 def test_measured_boundary_per_length():

@@ -185,23 +185,28 @@ def test_a_length_alone_plans_delta_but_no_bits():
 
 
 def test_a_law_whose_every_point_certified_plans_from_what_was_measured():
-    measured = {
-        "error": "no recall boundary on this grid",
-        "lower_bound": {"n_eff": 1, "length": 2000},
-    }
+    grid = [[n, ell, 1.0] for n in (1, 2, 4) for ell in (500, 1000, 2000)]
+    measured = {"error": "no recall boundary on this grid", "points": grid}
     law = make_law(recall=measured)
     result = plan(law, FACTS)  # ℓ 1000: rank 1 certified 2000 tokens on the law's grid
     assert result.certifying_rank == 1 and result.certifying_rank_range == (1, 1)
     assert result.holds["certified_length_at_least"] == 2000
+    assert "certified_length" not in result.holds  # no boundary: no fitted ℓ*
     assert any("measured, not fitted" in note for note in result.notes)
+    assert all(row["certifies"] for row in result.rows)
     beyond = plan(law, MemorySet(length=4000, base_loss=L0, info_baseline=H, kind="facts"))
     assert beyond.certifying_rank is None
-    assert any("beyond it, so no rank is planned" in note for note in beyond.notes)
+    assert any("no rank is planned" in note for note in beyond.notes)
+    assert all(row["certifies"] is None for row in beyond.rows)  # nothing measured says
     # On two layers, N_eff 1 is below the smallest rank's N_eff: rank 1 certifies.
     assert plan(law, FACTS, layers=2).certifying_rank == 1
-    # Measured at N_eff 4: ranks below were not measured, so the range starts at 1.
-    wide = make_law(recall=dict(measured, lower_bound={"n_eff": 4, "length": 2000}))
+    # Measured from N_eff 4 up: ranks below were not measured, so the range starts at 1.
+    wide = make_law(recall=dict(measured, points=[p for p in grid if p[0] == 4]))
     assert plan(wide, FACTS).certifying_rank_range == (1, 4)
+    assert next(r for r in plan(wide, FACTS).rows if r["rank"] == 2)["certifies"] is None
+    # A failure on the grid lifts the range's low end above it.
+    failed = make_law(recall=dict(measured, points=[[1, 1000, 0.9], [2, 500, 1.0], [4, 2000, 1.0]]))
+    assert plan(failed, FACTS).certifying_rank_range == (2, 4)
 
 
 def test_the_fitted_boundary_is_held_to_the_laws_own_measurements():

@@ -1183,6 +1183,12 @@ def _print_plan(result, law, data: Path | None, model: str) -> None:
             ),
             markup=False,
         )
+    if holds is not None and "certified_length_at_least" in holds:
+        console.print(
+            f"rank {holds['rank']} certified at least {holds['certified_length_at_least']:,.0f} "
+            "target tokens on the law's grid (measured; no recall boundary fitted)",
+            markup=False,
+        )
     for note in result.notes:
         console.print(f"note: {note}", markup=False)
     if result.certifying_rank is not None:

@@ -234,22 +234,20 @@ def recall_law(
 
 def _all_certified(points: list[LawPoint]) -> dict[str, Any]:
     """The recall record of a grid whose every point reached a certified share of ½ or more:
-    no boundary to fit, only what was measured, e.g. the longest set the smallest N_eff
-    certified in full (``lower_bound``). ``error`` says so wherever a boundary is looked for."""
+    no boundary to fit, only what was measured (``points``), which a plan is held to alone.
+    ``error`` says so wherever a boundary is looked for."""
     smallest = min(float(p.n_eff) for p in points)
     certified = [
         float(p.length)
         for p in points
         if float(p.n_eff) == smallest and (p.certified_share or 0.0) >= 1.0
     ]
-    bound = {"n_eff": plain(smallest), "length": plain(max(certified))} if certified else None
-    found = "" if bound is None else f" (N_eff {bound['n_eff']} certified ℓ = {bound['length']})"
+    found = f" (N_eff {plain(smallest)} certified ℓ = {plain(max(certified))})" if certified else ""
     return {
         "error": (
             f"no recall boundary on this grid: every point certified its set{found}; "
             "measure longer sets or smaller ranks to place it"
         ),
-        "lower_bound": bound,
         "measured": measured_boundary(points),
         "points": measured_points(points),
         "lengths": [plain(min(p.length for p in points)), plain(max(p.length for p in points))],
@@ -279,19 +277,71 @@ def measured_limits(recall: Mapping[str, Any], length: float) -> tuple[float | N
     return (max(failed) if failed else None), (min(certified) if certified else None)
 
 
+# A tiny relative slack: A·ℓ^k through logs may land a hair above a whole N_eff.
+N_EFF_SLACK = 1e-9
+
+
 def held_certifying_n_eff(
     recall: Mapping[str, Any], length: float, quantile: float | None = None
-) -> float:
+) -> float | None:
     """N*(ℓ) of the recall law (or a quantile of it), held to what the law's own points
     measured: above an N_eff that failed on a set no longer than ℓ, at most one that certified
-    a set at least as long. A fitted curve may not contradict a measurement."""
-    needed = certifying_n_eff(recall, length, quantile=quantile)
+    a set at least as long. A fitted curve may not contradict a measurement.
+
+    Without a fitted boundary (every grid point certified), what was measured alone: the
+    smallest N_eff that certified a set at least as long (N* is at most that), None beyond
+    the longest set certified.
+
+    >>> held_certifying_n_eff({"points": [[1, 1000, 1.0], [2, 2000, 1.0]]}, 1500)
+    2
+    >>> held_certifying_n_eff({"points": [[1, 1000, 1.0], [2, 2000, 1.0]]}, 3000) is None
+    True
+    """
     failed, certified = measured_limits(recall, length)
+    if "boundary" not in recall:
+        return certified
+    needed = certifying_n_eff(recall, length, quantile=quantile)
     if failed is not None:
         needed = max(needed, failed * (1 + 1e-6))
     if certified is not None:
         needed = min(needed, certified)
     return needed
+
+
+def certifies(recall: Mapping[str, Any], n_eff: float, length: float) -> bool | None:
+    """Whether N_eff certifies a set of ℓ target tokens, by the recall law held to its points;
+    None where nothing says (no boundary fitted, and N_eff between what failed and what
+    certified).
+
+    >>> measured = {"points": [[1, 1000, 0.4], [4, 1000, 1.0]]}
+    >>> certifies(measured, 4, 1000), certifies(measured, 1, 1200), certifies(measured, 2, 1000)
+    (True, False, None)
+    """
+    failed, _ = measured_limits(recall, length)
+    if failed is not None and n_eff <= failed:
+        return False
+    needed = held_certifying_n_eff(recall, length)
+    if needed is not None and n_eff >= needed * (1 - N_EFF_SLACK):
+        return True
+    return False if "boundary" in recall else None
+
+
+def held_certified_length(recall: Mapping[str, Any], n_eff: float, length: float) -> float:
+    """ℓ*(N) (``length``, from the fitted boundary; 0 without one) held to the measured points
+    likewise: at least the longest set an N_eff no larger certified, below the shortest set
+    one no smaller failed.
+
+    >>> held_certified_length({"points": [[1, 2000, 1.0], [2, 3000, 0.5]]}, 2, 5000.0)
+    2999.997
+    """
+    points = recall.get("points") or []
+    held = [ell for n, ell, share in points if share >= 1.0 and n <= n_eff]
+    lost = [ell for n, ell, share in points if share < 1.0 and n >= n_eff]
+    if held:
+        length = max(length, max(held))
+    if lost:
+        length = min(length, min(lost) * (1 - 1e-6))
+    return length
 
 
 def measured_boundary(points: list[LawPoint]) -> list[dict[str, Any]]:
@@ -492,19 +542,15 @@ def validate_law(law: MemoryLaw, rows: Iterable[Mapping[str, Any]]) -> dict[str,
             measured = capacity(point)
             guess = capacity(LawPoint(**{**point.to_dict(), "delta_loss": predicted}))
             record |= {"bits": measured["bits"], "predicted_bits": guess["bits"]}
-        bound = recall.get("lower_bound")
-        if "boundary" not in recall and bound:  # every grid point certified: measured only
-            within = point.n_eff >= bound["n_eff"] and point.length <= bound["length"]
-            record["predicted_certified"] = True if within else None
-        if "boundary" in recall:
-            needed = held_certifying_n_eff(recall, point.length)
+        if recall.get("points") or "boundary" in recall:
             record |= {
-                "certifying_n_eff": needed,
-                "predicted_certified": point.n_eff >= needed,
-                "predicted_certified_share": predicted_certified_share(
-                    recall, point.n_eff, point.length
-                ),
+                "certifying_n_eff": held_certifying_n_eff(recall, point.length),
+                "predicted_certified": certifies(recall, point.n_eff, point.length),
             }
+        if "boundary" in recall:
+            record["predicted_certified_share"] = predicted_certified_share(
+                recall, point.n_eff, point.length
+            )
         records.append(record)
     errors = [r["relative_error"] for r in records]
     return {

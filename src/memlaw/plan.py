@@ -34,8 +34,11 @@ from typing import Any
 
 from memlaw.errors import MemlawError
 from memlaw.fit import (
+    N_EFF_SLACK,
     certified_length,
+    certifies,
     certifying_n_eff,
+    held_certified_length,
     held_certifying_n_eff,
     measured_limits,
     predicted_certified_share,
@@ -136,25 +139,8 @@ def _whole(value: Any, name: str) -> int:
     return int(number)
 
 
-# A tiny relative slack: A·ℓ^k through logs may land a hair above a whole N_eff.
-_SLACK = 1e-9
-
-
-def _certifiable(recall: Mapping[str, Any], n_eff: float, length: float) -> float:
-    """ℓ*(N) of the recall law held to the measured points likewise: at least the longest set
-    an N_eff no larger certified, below the shortest that one no smaller failed."""
-    points = recall.get("points") or []
-    held = [ell for n, ell, share in points if share >= 1.0 and n <= n_eff]
-    lost = [ell for n, ell, share in points if share < 1.0 and n >= n_eff]
-    if held:
-        length = max(length, max(held))
-    if lost:
-        length = min(length, min(lost) * (1 - 1e-6))
-    return length
-
-
 def _rank_for(n_eff: float, layers: int) -> int:
-    return max(1, math.ceil(n_eff / layers * (1 - _SLACK)))
+    return max(1, math.ceil(n_eff / layers * (1 - N_EFF_SLACK)))
 
 
 def _fitted_range(law: MemoryLaw) -> tuple[tuple[float, float], tuple[float, float]] | None:
@@ -167,35 +153,55 @@ def _fitted_range(law: MemoryLaw) -> tuple[tuple[float, float], tuple[float, flo
 
 
 def _recall(law: MemoryLaw) -> Mapping[str, Any] | None:
+    """The law's recall record: a fitted boundary, or (every grid point certified) only the
+    measured points; None without either."""
     recall = (getattr(law, "metadata_", None) or {}).get("recall")
-    if not isinstance(recall, Mapping) or "boundary" not in recall:
+    if not isinstance(recall, Mapping) or not ("boundary" in recall or recall.get("points")):
         return None
     return recall
 
 
-def _lower_bound(law: MemoryLaw) -> Mapping[str, Any] | None:
-    """The measured lower bound of a law whose every grid point certified (no boundary)."""
-    recall = (getattr(law, "metadata_", None) or {}).get("recall")
-    return recall.get("lower_bound") if isinstance(recall, Mapping) else None
-
-
-def _measured_rank(bound: Mapping[str, Any], length: float, layers: int, notes: list[str]):
-    """(N_eff, rank range) that certified this long a set on the law's grid, where every point
-    certified; none beyond the lengths it measured."""
-    n_eff, measured = float(bound["n_eff"]), float(bound["length"])
-    if length > measured:
+def _certifying(recall: Mapping[str, Any], length: float, layers: int, notes: list[str]):
+    """(N_eff, rank range) that certifies ℓ tokens: the fitted boundary and its interval held
+    to the measured points, or the measured points alone where no boundary was fitted."""
+    certifying = held_certifying_n_eff(recall, length)
+    if "boundary" not in recall:
+        return certifying, _measured_rank(recall, certifying, length, layers, notes)
+    fitted = certifying_n_eff(recall, length)
+    if certifying != fitted:
         notes.append(
-            f"every point of the law's grid certified its set, up to ℓ = {measured:g} at "
-            f"N_eff {n_eff:g}; ℓ = {length:g} is beyond it, so no rank is planned to certify "
-            "the set: sweep longer sets to find the recall boundary"
+            f"the recall law's N*(ℓ) = {fitted:.3g} (rank {_rank_for(fitted, layers)}) is "
+            f"held to the law's own measurements ({_measured_text(recall, length)}):"
+            f" rank {_rank_for(certifying, layers)}"
         )
-        return None, None
-    rank = _rank_for(n_eff, layers)
+    low = held_certifying_n_eff(recall, length, quantile=0.025)
+    high = held_certifying_n_eff(recall, length, quantile=0.975)
+    return certifying, (_rank_for(low, layers), _rank_for(high, layers))
+
+
+def _measured_rank(
+    recall: Mapping[str, Any], n_eff: float | None, length: float, layers: int, notes: list[str]
+) -> tuple[int, int] | None:
+    """The rank range from the measured points alone (no boundary fitted): from above what
+    failed (rank 1 where nothing failed) to the N_eff that certified; none past the longest
+    set certified."""
+    if n_eff is None:
+        longest = max((ell for _, ell, share in recall["points"] if share >= 1.0), default=0)
+        notes.append(
+            f"the law's grid has no recall boundary, and no point of it certified a set as long "
+            f"as ℓ = {length:g} (the longest certified: ℓ = {longest:g}), so no rank is planned "
+            "to certify the set: sweep longer sets to find the recall boundary"
+        )
+        return None
+    failed, _ = measured_limits(recall, length)
     notes.append(
-        f"measured, not fitted: N_eff {n_eff:g} certified ℓ = {measured:g} on the law's grid, "
-        f"where every point certified (no recall boundary to fit; smaller N_eff not measured)"
+        f"measured, not fitted: N_eff {n_eff:g} certified a set at least this long on the law's "
+        "grid, which has no recall boundary to fit"
+        + ("" if failed is not None else " (smaller N_eff did not fail: not measured)")
     )
-    return n_eff, (1 if n_eff > layers else rank, rank)
+    rank = _rank_for(n_eff, layers)
+    low = 1 if failed is None else _rank_for(failed * (1 + 1e-6), layers)
+    return min(low, rank), rank
 
 
 def _params_per_rank(law: MemoryLaw) -> float | None:
@@ -221,8 +227,8 @@ def _row(law: MemoryLaw, memory: MemorySet, rank: int, layers: int, span, recall
     if final is not None:
         bits = memory.length * max(0.0, memory.ceiling - final) / math.log(2)
     per_rank = _params_per_rank(law)
-    share = None if recall is None else predicted_certified_share(recall, n_eff, memory.length)
-    needed = None if recall is None else held_certifying_n_eff(recall, memory.length)
+    fitted = recall is not None and "boundary" in recall
+    share = predicted_certified_share(recall, n_eff, memory.length) if fitted else None
     outside = span is not None and not (
         span[0][0] <= unit <= span[0][1] and span[1][0] <= memory.length <= span[1][1]
     )
@@ -234,7 +240,7 @@ def _row(law: MemoryLaw, memory: MemorySet, rank: int, layers: int, span, recall
         "memorized_bits": bits,
         "bits_per_param": None if bits is None or per_rank is None else bits / (per_rank * n_eff),
         "certified_share": share,
-        "certifies": None if needed is None else n_eff >= needed * (1 - _SLACK),
+        "certifies": None if recall is None else certifies(recall, n_eff, memory.length),
         "extrapolated": outside,
     }
 
@@ -265,28 +271,14 @@ def plan(
         )
     recall = _recall(law)
     certifying, certifying_range, holds = None, None, None
-    bound = _lower_bound(law)
-    if recall is None and bound is not None:
-        certifying, certifying_range = _measured_rank(bound, memory.length, layers, notes)
-        if certifying is not None:
-            grid = sorted(set(grid) | {_rank_for(certifying, layers)})
-    elif recall is None:
+    if recall is None:
         notes.append(
             "the law holds no recall data, so no rank is planned to certify the set: refit it "
             "with memlaw fit on a sweep that records certified shares"
         )
     else:
-        fitted = certifying_n_eff(recall, memory.length)
-        certifying = held_certifying_n_eff(recall, memory.length)
-        if certifying != fitted:
-            notes.append(
-                f"the recall law's N*(ℓ) = {fitted:.3g} (rank {_rank_for(fitted, layers)}) is "
-                f"held to the law's own measurements ({_measured_text(recall, memory.length)}):"
-                f" rank {_rank_for(certifying, layers)}"
-            )
-        low = held_certifying_n_eff(recall, memory.length, quantile=0.025)
-        high = held_certifying_n_eff(recall, memory.length, quantile=0.975)
-        certifying_range = (_rank_for(low, layers), _rank_for(high, layers))
+        certifying, certifying_range = _certifying(recall, memory.length, layers, notes)
+    if certifying is not None:
         grid = sorted(set(grid) | {_rank_for(certifying, layers)})
     rows = [_row(law, memory, rank, layers, span, recall) for rank in grid]
     if current_rank is not None:
@@ -294,8 +286,6 @@ def plan(
     held_rank = current_rank or (None if certifying is None else _rank_for(certifying, layers))
     if held_rank is not None:
         holds = _holds(law, memory, held_rank, layers, span, recall)
-        if recall is None and bound is not None and held_rank * layers >= float(bound["n_eff"]):
-            holds["certified_length_at_least"] = bound["length"]  # measured, no boundary
     return PlanResult(
         memory=memory,
         layers=layers,
@@ -326,14 +316,22 @@ def _holds(law, memory: MemorySet, rank: int, layers: int, span, recall) -> dict
     out = {"rank": rank, "n_eff": rank * layers, "on_this_set": row}
     if span is not None:
         out["measured_up_to"] = span[1][1]  # the longest set the law measured
-    if recall is not None:
-        n_eff = rank * layers
-        out["certified_length"] = _certifiable(recall, n_eff, certified_length(recall, n_eff))
+    n_eff = rank * layers
+    if recall is not None and "boundary" not in recall:
+        measured = held_certified_length(recall, n_eff, 0.0)
+        if measured > 0:
+            out["certified_length_at_least"] = measured  # measured, no boundary fitted
+    elif recall is not None:
+        out["certified_length"] = held_certified_length(
+            recall, n_eff, certified_length(recall, n_eff)
+        )
         draws = recall["boundary"].get("draws") or []
         if draws:
             # in logs: an ill-determined draw (k → 0) must not overflow
             lengths = sorted(
-                _certifiable(recall, n_eff, math.exp(min((math.log(n_eff) - log_a) / k, 700.0)))
+                held_certified_length(
+                    recall, n_eff, math.exp(min((math.log(n_eff) - log_a) / k, 700.0))
+                )
                 for k, log_a in draws
             )
             out["certified_length_range"] = (
