@@ -190,6 +190,13 @@ def test_sweep_refuses_another_configuration_and_bad_grids(tmp_path, capsys, mon
         assert message in err
 
 
+def test_a_finished_sweep_leaves_one_database_file(tmp_path, capsys, monkeypatch):
+    grid = ("--ranks", "1", "--lengths", "8", "--max-steps", 2, "--db", tmp_path / "s.db")
+    code, _, err = memlaw(capsys, monkeypatch, "sweep", "-m", "tiny", *grid)
+    assert code == 0, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.db"]  # no -wal / -shm beside it
+
+
 # --- plan ----------------------------------------------------------------------------------
 
 

@@ -260,6 +260,7 @@ def test_few_refits_give_flagged_intervals_that_hold_the_estimate(n_bootstrap):
         law = MemoryLaw("no-offset", n_bootstrap=n_bootstrap, seed=1).fit(_noisy_points())
     assert law.intervals_trusted_ is False
     assert 0 < law.n_bootstrap_ok_ <= n_bootstrap
+    assert MemoryLaw.from_dict(law.to_dict()).intervals_trusted_ is False  # the flag is kept
     for name in ("C", "alpha", "beta"):
         low, high = law.intervals_[name]
         assert low <= getattr(law, f"{name}_") <= high
@@ -272,5 +273,6 @@ def test_enough_refits_give_trusted_intervals():
         warnings.simplefilter("error")  # no "cannot be trusted" warning
         law = MemoryLaw("no-offset", n_bootstrap=40, seed=1).fit(_noisy_points())
     assert law.intervals_trusted_ is True and law.n_bootstrap_ok_ >= 20
+    assert MemoryLaw.from_dict(law.to_dict()).intervals_trusted_ is True
     low, high = law.intervals_["alpha"]
     assert low <= law.alpha_ <= high and low < high

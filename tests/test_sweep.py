@@ -40,6 +40,20 @@ def test_sweep_fills_the_grid_once_and_resumes(tmp_path):
     assert again == {"total": 12, "skipped": 12, "done": 0}
 
 
+def test_a_closed_store_is_one_file_and_reading_it_leaves_nothing_beside_it(tmp_path):
+    spec = tiny_spec(ranks=(1,), lengths=(8,), max_steps=2)
+    store = SweepStore(tmp_path / "s.db", spec)
+    run_sweep(spec, store, LocalExecutor(workers=1), progress=False)
+    other = SweepStore(tmp_path / "s.db", spec)  # a second writer still has it open …
+    store.close()
+    assert (tmp_path / "s.db-wal").exists()  # … so the log stays until the last one closes
+    other.close()
+    reader = SweepStore(tmp_path / "s.db")
+    assert len(reader.rows()) == 1
+    reader.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.db"]
+
+
 def test_a_database_from_another_sweep_is_refused(tmp_path):
     spec = tiny_spec(ranks=(1,), lengths=(8,), max_steps=2)
     run_sweep(spec, SweepStore(tmp_path / "s.db", spec), LocalExecutor(workers=1), progress=False)

@@ -249,6 +249,11 @@ def test_a_given_law_is_shown_and_saved_as_given(sweep_db, tmp_path):
     assert "Token probabilities of r2-l32-n1-sft-s0" in text
     assert "none (fitted without bootstrap)" in text
     assert json.loads((tmp_path / "given_law.json").read_text()) == law.to_dict()
+    # A law read back with too few bootstrap refits says its intervals are not to be trusted.
+    record = law.to_dict() | {"settings": {"n_bootstrap": 200}, "bootstrap_ok": 3}
+    record["intervals"] = {name: [value * 0.9, value * 1.1] for name, value in LAW.items()}
+    few = write_sweep_report(sweep_db, tmp_path / "few.html", law=MemoryLaw.from_dict(record))
+    assert "not to be trusted: only 3 of 200 bootstrap refits succeeded" in few.read_text()
 
 
 def test_bad_point_key_fails_and_leaves_the_old_report(report, sweep_db):

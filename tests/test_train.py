@@ -177,6 +177,11 @@ def test_failed_save_leaves_nothing_behind(tmp_path, monkeypatch):
         (TrainConfig(steps=0), "steps must be positive"),
         (TrainConfig(tau=1.0), "tau"),
         (TrainConfig(batch_size=-1), "batch size"),
+        (TrainConfig(grad_clip=0.0), "gradient clip"),
+        (TrainConfig(grad_clip=float("nan")), "gradient clip"),
+        (TrainConfig(weight_decay=-0.1), "weight decay"),
+        (TrainConfig(seed=-1), "seed"),
+        (TrainConfig(position_decay=-1.0), "position decay"),
     ],
 )
 def test_bad_training_configs(config, message):

@@ -937,6 +937,7 @@ def sweep_command(
     _quiet_transformers()
     store, summary = runner.run(db, spec)
     rows = store.rows()
+    store.close()
     capped = sum(r["hit_cap"] for r in rows)
     console.print(
         f"sweep: {summary['done']} points run, {summary['skipped']} already done, "
@@ -1013,10 +1014,13 @@ def _print_fit(fitted) -> None:
     header = ("parameter", "value", "95% interval")
     console.print(_table(law.describe(), header, rows, label=False))
     if law.n_bootstrap:
-        trusted = getattr(law, "intervals_trusted_", True)
         console.print(
             f"intervals: {law.n_bootstrap_ok_} of {law.n_bootstrap} bootstrap refits succeeded"
-            + ("" if trusted else " — too few: do not trust the intervals (raise --bootstrap)")
+            + (
+                ""
+                if law.intervals_trusted_
+                else " — too few: do not trust the intervals (raise --bootstrap)"
+            )
         )
     if isinstance(fitted.forms, list):
         console.print(

@@ -495,7 +495,6 @@ class MemoryLaw:
         self.intervals_: dict[str, tuple[float, float]] = {}
         self.bootstrap_params_ = np.empty((0, 4))
         self.n_bootstrap_ok_ = 0
-        self.intervals_trusted_ = False
         if self.n_bootstrap == 0:
             return
         rng = np.random.default_rng(self.seed)
@@ -522,8 +521,6 @@ class MemoryLaw:
             x = result.x
             rows.append([math.exp(x[0]), x[1], x[2], x[3] if self.offset else 0.0])
         self.n_bootstrap_ok_ = len(rows)
-        # Few refits give percentile "intervals" from a handful of values: flag them.
-        self.intervals_trusted_ = len(rows) >= max(MIN_TRUSTED_REFITS, self.n_bootstrap / 2)
         if not rows:
             warnings.warn(
                 f"no bootstrap refit out of {self.n_bootstrap} succeeded; the law has no "
@@ -551,6 +548,14 @@ class MemoryLaw:
         }
 
     # --- using a fitted law ----------------------------------------------------------------
+
+    @property
+    def intervals_trusted_(self) -> bool:
+        """Whether enough bootstrap refits succeeded for the intervals to mean anything: few
+        refits give percentile "intervals" from a handful of values. Derived from the counts,
+        so a law read back from JSON says the same as when it was fitted."""
+        ok = getattr(self, "n_bootstrap_ok_", None)
+        return ok is not None and ok > 0 and ok >= max(MIN_TRUSTED_REFITS, self.n_bootstrap / 2)
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "alpha_"):

@@ -473,6 +473,9 @@ def check_settings(method: str, settings: Settings) -> None:
         raise MemlawError(f"train tau must be within [tau, 1), got {train_tau}")
     if settings.fallback not in ("skip", "mean"):
         raise MemlawError(f"fallback must be skip or mean, got '{settings.fallback}'")
+    decay = settings.position_decay
+    if decay is not None and not (decay >= 0 and math.isfinite(decay)):
+        raise MemlawError(f"position decay must be 0 or more, got {decay}")
 
 
 def resolve(

@@ -379,6 +379,7 @@ class SweepStore:
         """With ``spec``: open (or create) the store to run that sweep into. Without: open an
         existing store read-only; a file that is not a memlaw sweep is refused untouched."""
         self.path = Path(path)
+        self.writable = spec is not None
         if spec is None:
             self.connection = self._open_read_only()
             return
@@ -483,6 +484,14 @@ class SweepStore:
         return rows
 
     def close(self) -> None:
+        """Close; the last writer out folds the write-ahead log back into the file, so the
+        database is one file again and a later read-only open leaves nothing beside it."""
+        if self.writable:
+            try:  # fails at once, harmlessly, while another process still has it open
+                self.connection.execute("PRAGMA busy_timeout=0")
+                self.connection.execute("PRAGMA journal_mode=DELETE")
+            except sqlite3.OperationalError:
+                pass
         self.connection.close()
 
 

@@ -83,6 +83,12 @@ class TrainConfig:
         objectives.check_settings(self.method, objectives.Settings.of(self))
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise MemlawError(f"learning rate must be a positive number, got {self.lr}")
+        if not (self.grad_clip > 0 and math.isfinite(self.grad_clip)):
+            raise MemlawError(f"gradient clip must be a positive number, got {self.grad_clip}")
+        if not (self.weight_decay >= 0 and math.isfinite(self.weight_decay)):
+            raise MemlawError(f"weight decay must be 0 or more, got {self.weight_decay}")
+        if self.seed < 0:
+            raise MemlawError(f"seed must be 0 or more, got {self.seed}")
         if self.steps is not None and self.steps <= 0 and not self.epochs:
             raise MemlawError(f"steps must be positive, got {self.steps}")
         if self.epochs is not None and self.epochs <= 0:
