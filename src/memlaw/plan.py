@@ -147,7 +147,7 @@ def _fitted_range(law: MemoryLaw) -> tuple[tuple[float, float], tuple[float, flo
     points = getattr(law, "points_", None) or []
     if not points:
         return None
-    caps = [float(p.rank if law.form == "rank" else p.n_eff) for p in points]
+    caps = [float(getattr(p, law.capacity_variable)) for p in points]
     lengths = [float(p.length) for p in points]
     return (min(caps), max(caps)), (min(lengths), max(lengths))
 

@@ -328,7 +328,7 @@ def check_sweep_fits(spec: SweepSpec, memory_on: str | None) -> None:
         check_lora_fits(skeleton, largest, device=memory_on)
 
 
-def sweep_into(db: str | Path, spec: SweepSpec, runner, progress: bool = True):
+def sweep_into(db: str | Path, spec: SweepSpec, runner: Executor, progress: bool = True):
     """Run the sweep into the database ``db`` and return ``(store, summary)``; a store this
     run created is removed again if the sweep fails before any point finished, so a corrected
     command starts clean."""
@@ -646,7 +646,9 @@ def _stop_workers(pool: ProcessPoolExecutor) -> None:
             process.terminate()
 
 
-def run_sweep(spec: SweepSpec, store: SweepStore, executor, *, progress: bool = True) -> dict:
+def run_sweep(
+    spec: SweepSpec, store: SweepStore, executor: Executor, *, progress: bool = True
+) -> dict:
     """Run every point not yet in ``store``; returns counts of points done and skipped."""
     points = spec.points()
     finished = store.finished_keys()
