@@ -50,11 +50,13 @@ Writes bench/results/time_to_recall.json (after every run) and prints markdown t
 
 Wall time at full scale on two unshared cores, estimated (not measured) from ~3.3 ms per
 answer token per epoch on memlaw's fast path, ~2× that on the plain PEFT path, a check pass of
-about 0.7 plain epoch, and ~90 epochs to certify PB1000 (~100 for Long-Context): the
-contenders about 2.7 h (PB1000) + 1.9 h (Long-Context), the search about 3.6 h + 1.5 h, so
-9–10 h in all (7–13 h with the unknown epoch counts). The search can run on its own first
-(``--search --contenders ""``); a later run without ``--search`` takes the recipe and the
-search tables from the JSON it replaces.
+about 0.7 plain epoch, and the epochs the PhoneBook law's grid measured at the planned rank 1:
+SFT certified PB1000's 1,000 tokens in 269 epochs (rank 2: 96, rank 4: 80). Per seed on PB1000
+that is ~15 min for each memlaw contender and ~40 min for trl-same and for peft-loop (hence
+their 1-hour cap), ~2 h in all, 6 h for three seeds; Long-Context at rank 8 ~1.9 h; the search
+~3–4 h at rank 1 (fewer epochs at ranks ×2 and ×4) + 1.5 h. So 12–14 h in all. The search can
+run on its own first (``--search --contenders ""``); a later run without ``--search`` takes the
+recipe and the search tables from the JSON it replaces.
 """
 
 from __future__ import annotations
@@ -1068,7 +1070,8 @@ def print_task(task: dict) -> None:
     )
     schedule = f"halved on a {task['anneal'][0]}-epoch plateau" if task["anneal"] else "constant"
     print(
-        f"LoRA rank {task['rank']} on the MLP of layer 20 (memlaw-fast: rank {task['fast_rank']}); "
+        f"LoRA rank {task['rank']} (from {task.get('rank_from', '--rank')}) on the MLP of layer "
+        f"20 (memlaw-fast: rank {task['fast_rank']}); "
         f"trl-same and peft-loop: lr {task['lr']:g} {schedule}, batch "
         f"{task['batch_size'] or 'full'}, ≤ {task['max_epochs']} epochs or {task['time_cap']:g} s, "
         f"checked every {task['check_every']} epoch(s); trl-defaults stopped at "
@@ -1171,9 +1174,11 @@ def build_tasks(args, workdir: Path) -> list[dict]:
                 data = Path(args.phonebook_file)
                 source = data.name
             name, length, rank = "PhoneBook", None, args.rank
+            rank_from = "--rank"
         elif key == "lc":
             data = Path(args.long_file)
             name, length, rank = "Long-Context", args.long_length, args.long_rank
+            rank_from = "--long-rank (no law plans text)"
             source = f"{data.name}, first {length} target tokens"
         else:
             raise SystemExit(f"unknown task '{key}': use pb and/or lc")
@@ -1181,7 +1186,7 @@ def build_tasks(args, workdir: Path) -> list[dict]:
             raise SystemExit(f"{name}: data file '{data}' not found (see --help)")
         tasks.append(
             {"key": key, "name": name, "data": str(data), "source": source, "length": length,
-             "rank": rank}
+             "rank": rank, "rank_from": rank_from}
         )  # fmt: skip
     return tasks
 
@@ -1204,6 +1209,26 @@ def resolve_recipe(task: dict, tokenizer, args) -> None:
         "max_epochs": args.max_epochs or recipe.max_epochs,
         "anneal": recipe_schedule() if args.baseline_schedule == "anneal" else None,
     }
+
+
+def planned_rank(task: dict, model, tokenizer, model_name: str) -> tuple[int, str]:
+    """The smallest rank that certifies the task's set by ``memlaw plan`` with the model's
+    shipped law (the issue's "same rank for every contender"), and where it came from."""
+    from memlaw.errors import MemlawError
+    from memlaw.law import MemoryLaw, reference_law_path
+    from memlaw.plan import measure_memory_set, plan
+
+    try:
+        law = MemoryLaw.load(reference_law_path(model_name))
+        memory = measure_memory_set(
+            model, tokenizer, encoded_set(task["data"], task["length"], tokenizer, model)
+        )
+        result = plan(law, memory, model=model_name, modules="mlp")
+    except MemlawError as error:
+        raise SystemExit(f"{task['name']}: no rank planned ({error}); give --rank") from None
+    if result.certifying_rank is None:
+        raise SystemExit(f"{task['name']}: the law plans no certifying rank; give --rank")
+    return result.certifying_rank, f"memlaw plan ({law.describe()})"
 
 
 def previous_search(path: Path) -> dict:
@@ -1235,8 +1260,19 @@ def main(argv: list[str] | None = None) -> None:
         help="Long-Context file (default r20, as in bench/memft_vs_sft.py; r100 is all random)",
     )
     parser.add_argument("--long-length", type=int, default=512, help="Long-Context ℓ")
-    parser.add_argument("--rank", type=int, default=8, help="LoRA rank, PhoneBook")
-    parser.add_argument("--long-rank", type=int, default=8, help="LoRA rank, Long-Context")
+    parser.add_argument(
+        "--rank",
+        type=int,
+        help="LoRA rank, PhoneBook (default: the smallest certifying rank memlaw plan gives "
+        "from the model's shipped law, rank 1 for PB1000)",
+    )
+    parser.add_argument(
+        "--long-rank",
+        type=int,
+        default=8,
+        help="LoRA rank, Long-Context (no law plans text: a guess until a pilot finds the "
+        "smallest certifying rank)",
+    )
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument(
         "--contenders", default=",".join(CONTENDERS), help="comma-separated; empty: search only"
@@ -1258,13 +1294,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--time-cap",
         type=float,
-        default=1800.0,
+        default=3600.0,
         help="trl-same and peft-loop stop here, seconds from their start (0: none)",
     )
     parser.add_argument(
         "--trl-default-cap", type=float, default=600.0, help="seconds for trl-defaults"
     )
-    parser.add_argument("--timeout", type=float, default=3600.0, help="hard limit per run, seconds")
+    parser.add_argument("--timeout", type=float, default=5400.0, help="hard limit per run, seconds")
     parser.add_argument("--fast-recipe", help="memlaw train options for memlaw-fast, PhoneBook")
     parser.add_argument("--long-fast-recipe", help="the same for Long-Context")
     parser.add_argument("--search", action="store_true", help="search the recipe first")
@@ -1321,15 +1357,18 @@ def main(argv: list[str] | None = None) -> None:
     from memlaw.models import load_model
 
     tasks = build_tasks(args, workdir)
-    tokenizer = load_model(args.model)[1]
+    model, tokenizer = load_model(args.model)
     for task in tasks:
         resolve_recipe(task, tokenizer, args)
+        if task["rank"] is None:
+            task["rank"], task["rank_from"] = planned_rank(task, model, tokenizer, args.model)
         task |= {
             "seeds": args.seed_list,
             "time_cap": args.time_cap,
             "check_every": args.check_every,
             "trl_default_cap": args.trl_default_cap,
         }
+    del model  # each contender loads its own, in its own process
     report = {
         "machine": {
             "platform": platform.platform(),
