@@ -64,6 +64,60 @@ def test_bf16_forwards_give_float32_losses_from_a_bf16_cache():
     assert torch.allclose(got.nll, want.nll, rtol=2e-2, atol=2e-4)
 
 
+def _noisy_reference(monkeypatch, noise: float, fast_offset: float) -> None:
+    """The reference moves by ``noise`` nats when an item runs alone (as bf16 rounding does
+    when the batch's shape changes); the fast path is off the batched reference by
+    ``fast_offset``."""
+    reference_call, fast_call = ReferenceForward.__call__, FastForward.__call__
+
+    def reference(self, rows):
+        losses = reference_call(self, rows)
+        if len(rows) == 1:
+            losses.nll = losses.nll + noise * losses.mask
+        return losses
+
+    def fast(self, rows):
+        losses = fast_call(self, rows)
+        losses.nll = losses.nll + fast_offset * losses.mask
+        return losses
+
+    monkeypatch.setattr(ReferenceForward, "__call__", reference)
+    monkeypatch.setattr(FastForward, "__call__", fast)
+
+
+@pytest.mark.parametrize(
+    "dtype, noise, offset, fast",
+    [
+        ("bfloat16", 0.1, 0.15, True),  # within twice the reference's own noise: accepted
+        ("bfloat16", 0.1, 0.5, False),  # far beyond it: the reference path
+        ("bfloat16", 0.0, 0.15, False),  # no noise to hide in
+        ("float32", 0.1, 0.15, False),  # float32 is held to 1e-4 whatever the noise
+    ],
+)
+def test_low_precision_fast_path_is_held_to_the_references_own_noise(
+    monkeypatch, dtype, noise, offset, fast
+):
+    from memlaw.forward import choose_forward
+
+    model, tokenizer = load_model("tiny", dtype=dtype)
+    encoded = encode_items(generate_phonebook(4, seed=1), tokenizer)
+    _noisy_reference(monkeypatch, noise, offset)
+    chosen, note = choose_forward(model, encoded, tokenizer.pad_token_id, 2)
+    assert isinstance(chosen, FastForward) == fast, note
+    assert ("low-precision noise" in note) == fast
+
+
+@pytest.mark.slow
+def test_bf16_fast_path_is_accepted_on_the_default_model():
+    from memlaw.forward import choose_forward
+
+    # 30 layers of bf16 rounding: ~0.15 nats between batch shapes, beyond a fixed 2e-2.
+    model, tokenizer = load_model("smollm2-135m", dtype="bfloat16")
+    encoded = encode_items(generate_phonebook(8, seed=0), tokenizer)
+    chosen, note = choose_forward(model, encoded, tokenizer.pad_token_id, 20)
+    assert isinstance(chosen, FastForward), note
+
+
 @pytest.mark.parametrize("method", ["sft", "memft-ot", "memft-sw"])
 def test_bf16_training_on_cpu_lowers_the_loss(method):
     model, tokenizer = load_model("tiny", dtype="bfloat16")
