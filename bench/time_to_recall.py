@@ -29,8 +29,9 @@ spreads evenly.
 
 ``--search`` first searches memlaw's recipe in-process (``memlaw.train.train``, method memft):
 batch size (1, 4, 16, full) × lr (3e-3, 1e-2, 3e-2) at the benchmark rank with memlaw's
-schedule on the first seed, the default recipe first; then rank ×2 and ×4 and a constant rate
-for the best batch/lr pairs; runs that can no longer be the fastest are cut at
+schedule on the first seed, the default recipe first; then rank ×2 and ×4, a constant rate and
+a bfloat16 base model (``--dtype bfloat16``: AMX CPUs multiply it several times faster,
+``bench/bf16_cpu.py``) for the best batch/lr pairs; runs that can no longer be the fastest are cut at
 ``--search-prune`` × the fastest so far. The fastest configurations then run on the other
 seeds; the fastest that certifies on every seed is the robust choice, used for
 ``memlaw-fast``. Warm-up is not searched (``memlaw train`` has no warm-up option). memlaw
@@ -805,7 +806,9 @@ class _TimeCap(Exception):
         self.entry = entry
 
 
-def search_run(base, tokenizer, encoded, *, rank, batch, lr, seed, cap, anneal, max_epochs) -> dict:
+def search_run(
+    base, tokenizer, encoded, *, rank, batch, lr, seed, cap, anneal, max_epochs, dtype="float32"
+) -> dict:
     """One memlaw.train.train run as ``memlaw train`` makes it (method memft; ``anneal``: the
     anneal patience, 0 for a constant rate), no final probe; seconds from the call (base-loss
     pass, LoRA, fast path's cache and check, training, confirm passes) to the certified stop."""
@@ -831,7 +834,8 @@ def search_run(base, tokenizer, encoded, *, rank, batch, lr, seed, cap, anneal, 
         if cap and time.perf_counter() - tick > cap:
             raise _TimeCap(entry)
 
-    row = {"batch_size": batch, "lr": lr, "rank": rank, "anneal": anneal, "seed": seed}
+    row = {"batch_size": batch, "lr": lr, "rank": rank, "anneal": anneal, "dtype": dtype}
+    row["seed"] = seed
     row["cap_seconds"] = cap if cap and math.isfinite(cap) else None
     with timed(memlaw_train, "teacher_forced", phases, "base_loss", "checks"):
         try:
@@ -866,6 +870,8 @@ def recipe_args(config: dict, default_patience: int) -> str:
     args = f"--batch-size {config['batch_size']} --lr {config['lr']:g} --rank {config['rank']}"
     if config["anneal"] != default_patience:
         args += f" --anneal-patience {config['anneal']}"
+    if config.get("dtype", "float32") != "float32":
+        args += f" --dtype {config['dtype']}"
     return args
 
 
@@ -874,9 +880,11 @@ def search_task(task: dict, args) -> dict:
     from memlaw.recipe import default_recipe
 
     base, tokenizer = load_model(args.model)
+    bases = {"float32": base}  # another dtype's base model is loaded when first searched
     encoded = encoded_set(str(task["data"]), task["length"], tokenizer, base)
     n = len(encoded)
     seeds = args.seed_list
+    dtypes = [x.strip() for x in args.search_dtypes.split(",") if x.strip()]
     default = default_recipe(n)
     patience = recipe_schedule()[0]
     # batch sizes that differ for this set (1, 4, 16 and full collapse on a small set)
@@ -891,22 +899,24 @@ def search_task(task: dict, args) -> dict:
     best: list[float] = []
 
     def key(row: dict) -> tuple:
-        return row["batch_size"], row["lr"], row["rank"], row["anneal"]
+        return row["batch_size"], row["lr"], row["rank"], row["anneal"], row["dtype"]
 
-    def run(batch, lr, rank, anneal, seed, prune=True) -> dict:
+    def run(batch, lr, rank, anneal, dtype, seed, prune=True) -> dict:
         cap = args.search_cap
         if prune and best and args.search_prune:
             cap = min(cap or math.inf, args.search_prune * min(best))  # cannot be the fastest
+        if dtype not in bases:
+            bases[dtype] = load_model(args.model, dtype=dtype)[0]
         row = search_run(
-            base, tokenizer, encoded, rank=rank, batch=batch, lr=lr, seed=seed, cap=cap,
-            anneal=anneal, max_epochs=args.search_max_epochs,
+            bases[dtype], tokenizer, encoded, rank=rank, batch=batch, lr=lr, seed=seed, cap=cap,
+            anneal=anneal, max_epochs=args.search_max_epochs, dtype=dtype,
         )  # fmt: skip
         rows.append(row)
         if row["certified"]:
             best.append(row["seconds"])
         print(
             f"search {task['key']} batch {batch or 'full'} lr {lr:g} rank {rank} anneal "
-            f"{anneal or 'off'} seed {seed}: {row['stop']} after {row.get('epochs')} epochs, "
+            f"{anneal or 'off'} {dtype} seed {seed}: {row['stop']} after {row.get('epochs')} epochs, "
             f"{row['seconds']:.1f} s",
             flush=True,
         )
@@ -923,14 +933,16 @@ def search_task(task: dict, args) -> dict:
     pairs = [(b, lr) for b in batches.values() for lr in lrs]
     pairs.sort(key=lambda p: (p[0] != default_batch, abs(math.log(p[1] / default.lr))))
     for batch, lr in pairs:
-        run(batch, lr, task["rank"], wanted[0], first)
-    # stage 2: larger ranks and the other schedules, for the best batch/lr pairs
+        run(batch, lr, task["rank"], wanted[0], dtypes[0], first)
+    # stage 2: larger ranks, the other schedules and dtypes, for the best batch/lr pairs
     for top in fastest(args.search_top):
         for m in multipliers:
             if m != 1:
-                run(top["batch_size"], top["lr"], task["rank"] * m, wanted[0], first)
+                run(top["batch_size"], top["lr"], task["rank"] * m, wanted[0], dtypes[0], first)
         for anneal in wanted[1:]:
-            run(top["batch_size"], top["lr"], task["rank"], anneal, first)
+            run(top["batch_size"], top["lr"], task["rank"], anneal, dtypes[0], first)
+        for dtype in dtypes[1:]:
+            run(top["batch_size"], top["lr"], task["rank"], wanted[0], dtype, first)
     # stage 3: the fastest configurations on the other seeds, unpruned (robustness)
     for config in fastest(args.search_finalists):
         for seed in seeds[1:]:
@@ -944,6 +956,7 @@ def search_task(task: dict, args) -> dict:
                 "lr": k[1],
                 "rank": k[2],
                 "anneal": k[3],
+                "dtype": k[4],
                 "seeds_run": len(runs),
                 "seeds_certified": sum(r["certified"] for r in runs),
                 "robust": len(runs) == len(seeds) and all(r["certified"] for r in runs),
@@ -1120,17 +1133,19 @@ def print_search(key: str, search: dict) -> None:
     print(f"\n### Recipe search, {key} ({search['items']} items, ℓ = {search['length']})")
     print(f"(from {search['from']})\n" if search.get("from") else "")
     print(
-        "| batch | lr | schedule | rank | certified seeds | s to certified, median (min–max) "
-        "| epochs | optimizer steps | confirm passes | stopped by |"
+        "| batch | lr | schedule | rank | dtype | certified seeds "
+        "| s to certified, median (min–max) | epochs | optimizer steps | confirm passes "
+        "| stopped by |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     winner = search.get("winner")
     for c in sorted(search["configs"], key=lambda c: (not c["robust"], _median(c["seconds"]))):
         mark = " **(chosen)**" if c == winner else ""
         schedule = f"anneal ({c['anneal']})" if c["anneal"] else "constant"
         print(
             f"| {c['batch_size'] or 'full'} | {c['lr']:g} | {schedule} | {c['rank']}{mark} "
-            f"| {c['seeds_certified']}/{c['seeds_run']} | {fmt(c['seconds'], 1)} "
+            f"| {c.get('dtype', 'float32')} | {c['seeds_certified']}/{c['seeds_run']} "
+            f"| {fmt(c['seconds'], 1)} "
             f"| {fmt(c['epochs'], 0)} | {fmt(c['optimizer_steps'], 0)} "
             f"| {fmt(c['confirm_passes'], 0)} | {', '.join(c['stops'])} |"
         )
@@ -1327,6 +1342,11 @@ def main(argv: list[str] | None = None) -> None:
         "--search-schedules",
         default="anneal,constant",
         help="memlaw train's anneal on plateau and/or a constant rate (the first: stage 1)",
+    )
+    parser.add_argument(
+        "--search-dtypes",
+        default="float32,bfloat16",
+        help="base model dtypes (the first: stage 1; bfloat16 is fast on CPUs with AMX)",
     )
     parser.add_argument(
         "--search-check-every",
