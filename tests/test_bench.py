@@ -44,6 +44,7 @@ def test_time_to_recall_bench_runs_every_contender(tmp_path):
         *("--search", "--search-batches", "1,0", "--search-lrs", "0.05"),
         *("--search-rank-multipliers", "1,2", "--search-max-epochs", "4"),
         *("--search-check-every", "1,2", "--search-cap", "30"),
+        *("--search-dtypes", "bfloat16,float32"),  # stage 1 in bfloat16: its path is exercised
         *("--workdir", str(tmp_path / "work"), "--out", str(out)),
     ]
     done = subprocess.run(command, capture_output=True, text=True, timeout=3600)
@@ -75,7 +76,13 @@ def test_time_to_recall_bench_runs_every_contender(tmp_path):
     # the search (its configurations, the check-interval study); memlaw-fast ran the recipe
     # given on the command line, which wins over the search's
     search = report["search"]["pb"]
-    assert {(c["batch_size"], c["rank"]) for c in search["configs"]} >= {(1, 4), (0, 4)}
+    assert {(c["batch_size"], c["rank"], c["dtype"]) for c in search["configs"]} >= {
+        (1, 4, "bfloat16"),
+        (0, 4, "bfloat16"),
+    }
+    if search["winner"] is not None:  # a searched recipe names its dtype unless float32
+        named = "--dtype bfloat16" in search["recipe"]
+        assert named == (search["winner"]["dtype"] == "bfloat16")
     assert [r["every"] for r in search["check_interval"]["rows"]] == [1, 2]
     assert runs["memlaw-fast"]["command"][-6:] == "--batch-size 0 --lr 0.05 --rank 8".split()
     assert runs["memlaw-fast"]["rank"] == 8 and runs["memlaw-fast"]["batch_size"] == 3
