@@ -197,7 +197,11 @@ def _measured_rank(
     notes.append(
         f"measured, not fitted: N_eff {n_eff:g} certified a set at least this long on the law's "
         "grid, which has no recall boundary to fit"
-        + ("" if failed is not None else " (smaller N_eff did not fail: not measured)")
+        + (
+            ""
+            if failed is not None
+            else " (no smaller N_eff failed it: how small a rank suffices was not measured)"
+        )
     )
     rank = _rank_for(n_eff, layers)
     low = 1 if failed is None else _rank_for(failed * (1 + 1e-6), layers)

@@ -405,7 +405,7 @@ def _law_summary(fit: _Fit) -> str:
         stats.append(("left out at the cap", str(fit.excluded_capped)))
     if not intervals:
         stats.append(("intervals", "none (fitted without bootstrap)"))
-    elif not law.intervals_trusted_:
+    elif law.n_bootstrap_ok_ is not None and not law.intervals_trusted_:  # None: not recorded
         refits = f"{law.n_bootstrap_ok_} of {law.n_bootstrap} bootstrap refits succeeded"
         stats.append(("intervals", f"not to be trusted: only {refits}"))
     return formula + table + _facts_table(stats)
