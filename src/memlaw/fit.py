@@ -281,6 +281,16 @@ def measured_limits(recall: Mapping[str, Any], length: float) -> tuple[float | N
 N_EFF_SLACK = 1e-9
 
 
+def has_recall_data(recall: Any) -> bool:
+    """Whether a recall record can say anything of certification: a fitted boundary, or the
+    measured points of a grid that had none to fit (an error record alone cannot).
+
+    >>> has_recall_data({"points": [[1, 1000, 1.0]]}), has_recall_data({"error": "too few"})
+    (True, False)
+    """
+    return isinstance(recall, Mapping) and ("boundary" in recall or bool(recall.get("points")))
+
+
 def held_certifying_n_eff(
     recall: Mapping[str, Any], length: float, quantile: float | None = None
 ) -> float | None:
@@ -542,7 +552,7 @@ def validate_law(law: MemoryLaw, rows: Iterable[Mapping[str, Any]]) -> dict[str,
             measured = capacity(point)
             guess = capacity(LawPoint(**{**point.to_dict(), "delta_loss": predicted}))
             record |= {"bits": measured["bits"], "predicted_bits": guess["bits"]}
-        if recall.get("points") or "boundary" in recall:
+        if has_recall_data(recall):
             record |= {
                 "certifying_n_eff": held_certifying_n_eff(recall, point.length),
                 "predicted_certified": certifies(recall, point.n_eff, point.length),

@@ -38,6 +38,7 @@ from memlaw.fit import (
     certified_length,
     certifies,
     certifying_n_eff,
+    has_recall_data,
     held_certified_length,
     held_certifying_n_eff,
     measured_limits,
@@ -156,9 +157,7 @@ def _recall(law: MemoryLaw) -> Mapping[str, Any] | None:
     """The law's recall record: a fitted boundary, or (every grid point certified) only the
     measured points; None without either."""
     recall = (getattr(law, "metadata_", None) or {}).get("recall")
-    if not isinstance(recall, Mapping) or not ("boundary" in recall or recall.get("points")):
-        return None
-    return recall
+    return recall if has_recall_data(recall) else None
 
 
 def _certifying(recall: Mapping[str, Any], length: float, layers: int, notes: list[str]):
