@@ -49,6 +49,15 @@ generated phonebook instead (the smoke test, without ``../shared``).
 Run (full scale): .venv/bin/python bench/time_to_recall.py --search
 Writes bench/results/time_to_recall.json (after every run) and prints markdown tables.
 
+The whole run outlasts a session, so every finished run (search run, check-interval seed,
+contender run) is appended to a journal, ``bench/results/time_to_recall-runs.jsonl``, with the
+machine kind (CPU model, AMX, cores, torch) and a hash of this script and the memlaw package. A
+rerun with the same settings takes each finished run from it on the same machine kind and code
+and runs only the rest (``--no-reuse``: all again); run it from a frozen copy of the code
+(``git archive``) so that edits in between do not void the journal. Times of other machines stay
+in the file, unused. The headline's per-seed ratio says when its two runs came from different
+sessions.
+
 Wall time at full scale on two unshared cores, estimated (not measured) from ~3.3 ms per
 answer token per epoch on memlaw's fast path, ~2× that on the plain PEFT path, a check pass of
 about 0.7 plain epoch, and the epochs the PhoneBook law's grid measured at the planned rank 1:
@@ -108,6 +117,94 @@ PHASES = (
     ("save", "save"),
     ("other", "other (exit, untimed)"),
 )
+
+
+# --- the journal: a benchmark of many hours outlives one session ------------------------------
+
+
+def machine_id() -> str:
+    """The machine kind a time belongs to: CPU model, AMX (bfloat16 matmuls several times
+    faster), core count and torch. Times are reused only on the same kind."""
+    import torch
+
+    cpu, flags = platform.processor() or platform.machine(), ""
+    with contextlib.suppress(OSError):
+        info = Path("/proc/cpuinfo").read_text()
+        cpu = next((ln.split(":", 1)[1].strip() for ln in info.splitlines()
+                    if ln.startswith("model name")), cpu)  # fmt: skip
+        flags = " amx" if "amx_bf16" in info else ""
+    return f"{cpu}{flags}, {os.cpu_count()} cpus, torch {torch.__version__}"
+
+
+def code_id() -> str:
+    """A hash of this script and of the memlaw package it imports: times of other code are
+    not reused."""
+    import hashlib
+
+    import memlaw.train
+
+    digest = hashlib.sha256(Path(__file__).read_bytes())
+    for path in sorted(Path(memlaw.train.__file__).parent.rglob("*.py")):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+class Journal:
+    """Finished runs, one JSON line each, appended as each run ends. The whole benchmark takes
+    longer than a session, so a rerun on the same machine kind and code takes a finished run
+    from here instead of running it again; runs of other machines or code stay in the file,
+    unused. A torn last line (a run killed mid-write) is skipped.
+
+    >>> import tempfile
+    >>> path = Path(tempfile.mkdtemp()) / "runs.jsonl"
+    >>> Journal(path, "cpu", "c1", session="s1").put("search", {"seed": 0}, {"seconds": 1.5})
+    {'seconds': 1.5, 'session': 's1'}
+    >>> Journal(path, "cpu", "c1", session="s2").get("search", {"seed": 0})["session"]
+    's1'
+    >>> Journal(path, "other cpu", "c1", session="s2").get("search", {"seed": 0}) is None
+    True
+    """
+
+    def __init__(
+        self, path: Path | None, machine: str, code: str, session: str, reuse: bool = True
+    ) -> None:
+        self.path, self.machine, self.code, self.session = path, machine, code, session
+        self.reused = 0
+        self._rows: dict[str, dict] = {}
+        if reuse and path is not None and path.is_file():
+            for line in path.read_text().splitlines():
+                with contextlib.suppress(ValueError):
+                    entry = json.loads(line)
+                    if entry.get("machine") == machine and entry.get("code") == code:
+                        self._rows[entry["key"]] = entry["row"]
+
+    @staticmethod
+    def _key(kind: str, key: dict) -> str:
+        return json.dumps({"kind": kind, **key}, sort_keys=True, default=str)
+
+    def get(self, kind: str, key: dict, usable=lambda row: True) -> dict | None:
+        """The finished run of this kind and key, if there is one and ``usable(row)``."""
+        row = self._rows.get(self._key(kind, key))
+        if row is None or not usable(row):
+            return None
+        self.reused += 1
+        return row
+
+    def put(self, kind: str, key: dict, row: dict) -> dict:
+        """Journal a finished run; returns it stamped with this session."""
+        row = dict(row, session=row.get("session", self.session))
+        entry = {"key": self._key(kind, key), "machine": self.machine, "code": self.code,
+                 "row": row}  # fmt: skip
+        self._rows[entry["key"]] = row
+        if self.path is None:
+            return row
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        torn = self.path.is_file() and not self.path.read_bytes().endswith(b"\n")
+        with open(self.path, "a") as f:  # one line per run: an append is all or a torn tail
+            f.write(("\n" if torn else "") + json.dumps(entry, default=str) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        return row
 
 
 # --- shared by the parent and the children ----------------------------------------------------
@@ -679,7 +776,22 @@ def run_child(argv: list[str], log_path: Path, timeout: float) -> dict:
     }
 
 
-def run_contender(name: str, task: dict, seed: int, args, workdir: Path) -> dict:
+def run_contender(name: str, task: dict, seed: int, args, workdir: Path, journal: Journal) -> dict:
+    key = {
+        "task": task["key"], "data": task["data"], "length": task["length"], "contender": name,
+        "seed": seed, "rank": task["rank"], "lr": task["lr"], "batch": task["batch_size"],
+        "anneal": task["anneal"], "max_epochs": task["max_epochs"],
+        "check_every": args.check_every, "time_cap": args.time_cap,
+        "trl_default_cap": args.trl_default_cap, "timeout": args.timeout,
+        "recipe": task["fast_recipe"] if name == "memlaw-fast" else None,
+    }  # fmt: skip
+    row = journal.get("contender", key)
+    if row is None:
+        row = journal.put("contender", key, _run_contender(name, task, seed, args, workdir))
+    return row
+
+
+def _run_contender(name: str, task: dict, seed: int, args, workdir: Path) -> dict:
     tag = f"{task['key']}-{name}-seed{seed}"
     out, result = workdir / tag, workdir / f"{tag}.json"
     argv = [sys.executable, str(Path(__file__).resolve()), "_contender", name]
@@ -786,6 +898,8 @@ def headline(runs: list[dict], numerator: str = "trl-same") -> dict | None:
                     "seed": seed,
                     "ratio": num["wall_seconds"] / ref["wall_seconds"],
                     "lower_bound": not num.get("certified"),
+                    # both in one session (a rerun reuses finished runs of earlier ones)
+                    "side_by_side": num.get("session") == ref.get("session"),
                 }
             )
     if not per_seed:
@@ -865,6 +979,26 @@ def search_run(
     return row
 
 
+def reusable(row: dict, cap: float | None) -> bool:
+    """Whether a journalled search run stands for a run under ``cap``: one that ended on its
+    own (certified, epoch cap) within it, or one cut at this cap or a larger one (it would be
+    cut again).
+
+    >>> reusable({"stop": "certified", "seconds": 50.0}, 100.0)
+    True
+    >>> reusable({"stop": "certified", "seconds": 150.0}, 100.0)
+    False
+    >>> reusable({"stop": "time cap", "cap_seconds": 900.0}, 100.0)
+    True
+    >>> reusable({"stop": "time cap", "cap_seconds": 90.0}, 100.0)
+    False
+    """
+    cap = cap or math.inf
+    if row["stop"] != "time cap":
+        return row["seconds"] <= cap
+    return (row.get("cap_seconds") or math.inf) >= cap - 1e-6
+
+
 def recipe_args(config: dict, default_patience: int) -> str:
     """``memlaw train`` options for a searched configuration."""
     args = f"--batch-size {config['batch_size']} --lr {config['lr']:g} --rank {config['rank']}"
@@ -875,7 +1009,7 @@ def recipe_args(config: dict, default_patience: int) -> str:
     return args
 
 
-def search_task(task: dict, args) -> dict:
+def search_task(task: dict, args, journal: Journal) -> dict:
     from memlaw.models import load_model
     from memlaw.recipe import default_recipe
 
@@ -905,19 +1039,26 @@ def search_task(task: dict, args) -> dict:
         cap = args.search_cap
         if prune and best and args.search_prune:
             cap = min(cap or math.inf, args.search_prune * min(best))  # cannot be the fastest
-        if dtype not in bases:
-            bases[dtype] = load_model(args.model, dtype=dtype)[0]
-        row = search_run(
-            bases[dtype], tokenizer, encoded, rank=rank, batch=batch, lr=lr, seed=seed, cap=cap,
-            anneal=anneal, max_epochs=args.search_max_epochs, dtype=dtype,
-        )  # fmt: skip
+        spec = {"task": task["key"], "data": task["data"], "length": task["length"], "batch": batch,
+                "lr": lr, "rank": rank, "anneal": anneal, "dtype": dtype, "seed": seed,
+                "max_epochs": args.search_max_epochs}  # fmt: skip
+        row = journal.get("search", spec, usable=lambda r: reusable(r, cap))
+        reused = row is not None
+        if row is None:
+            if dtype not in bases:
+                bases[dtype] = load_model(args.model, dtype=dtype)[0]
+            row = search_run(
+                bases[dtype], tokenizer, encoded, rank=rank, batch=batch, lr=lr, seed=seed,
+                cap=cap, anneal=anneal, max_epochs=args.search_max_epochs, dtype=dtype,
+            )  # fmt: skip
+            row = journal.put("search", spec, row)
         rows.append(row)
         if row["certified"]:
             best.append(row["seconds"])
         print(
             f"search {task['key']} batch {batch or 'full'} lr {lr:g} rank {rank} anneal "
             f"{anneal or 'off'} {dtype} seed {seed}: {row['stop']} after {row.get('epochs')} epochs, "
-            f"{row['seconds']:.1f} s",
+            f"{row['seconds']:.1f} s" + (" (journal)" if reused else ""),
             flush=True,
         )
         return row
@@ -984,12 +1125,12 @@ def search_task(task: dict, args) -> dict:
     intervals = tuple(_ints(args.search_check_every))
     if intervals:
         result["check_interval"] = check_interval_study(
-            base, tokenizer, encoded, task, intervals, args
+            base, tokenizer, encoded, task, intervals, args, journal
         )
     return result
 
 
-def check_interval_study(base, tokenizer, encoded, task, intervals, args) -> dict:
+def check_interval_study(base, tokenizer, encoded, task, intervals, args, journal) -> dict:
     """For a loop whose certification check is a pass of its own (a Trainer callback, a plain
     loop), what checking every k epochs costs: from one plain PEFT run per seed, checked every
     epoch until each interval found its stop, the exact stop epoch per interval and its time
@@ -999,6 +1140,15 @@ def check_interval_study(base, tokenizer, encoded, task, intervals, args) -> dic
 
     per_seed = []
     for seed in args.seed_list:
+        spec = {"task": task["key"], "data": task["data"], "length": task["length"],
+                "rank": task["rank"], "lr": task["lr"], "batch": task["batch_size"], "seed": seed,
+                "anneal": task["anneal"], "intervals": list(intervals), "time_cap": args.time_cap,
+                "max_epochs": args.search_max_epochs or task["max_epochs"]}  # fmt: skip
+        done = journal.get("check_interval", spec)
+        if done is not None:
+            per_seed.extend(done["rows"])
+            continue
+        seed_rows = []
         run = peft_loop(
             copy.deepcopy(base),
             tokenizer,
@@ -1015,7 +1165,7 @@ def check_interval_study(base, tokenizer, encoded, task, intervals, args) -> dic
         check_s = statistics.median(c["seconds"] for c in run["checks"]) if run["checks"] else 0
         for k in intervals:
             stop = run["stops"][k]
-            per_seed.append(
+            seed_rows.append(
                 {
                     "seed": seed,
                     "every": k,
@@ -1029,6 +1179,8 @@ def check_interval_study(base, tokenizer, encoded, task, intervals, args) -> dic
                 }
             )
         print(f"check-interval study {task['key']} seed {seed}: stops {run['stops']}", flush=True)
+        journal.put("check_interval", spec, {"rows": seed_rows})
+        per_seed.extend(seed_rows)
         del run
         gc.collect()
     rows = []
@@ -1113,7 +1265,9 @@ def print_task(task: dict) -> None:
     if task.get("headline"):
         h = task["headline"]
         seeds = ", ".join(
-            f"{'≥ ' if p['lower_bound'] else ''}{p['ratio']:.2f}" for p in h["per_seed"]
+            f"{'≥ ' if p['lower_bound'] else ''}{p['ratio']:.2f}"
+            + ("" if p.get("side_by_side", True) else " (two sessions)")
+            for p in h["per_seed"]
         )
         print(
             f"\nTRL SFTTrainer (same recipe) ÷ memlaw train (defaults), wall time: "
@@ -1356,7 +1510,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, help="torch threads per run (default: torch's)")
     parser.add_argument("--workdir", type=Path, help="adapters and logs (default: a temp dir)")
     parser.add_argument("--out", type=Path, default=RESULTS / "time_to_recall.json")
+    parser.add_argument(
+        "--journal",
+        type=Path,
+        help="finished runs, reused by a rerun on the same machine kind and code "
+        "(default: next to --out, <name>-runs.jsonl)",
+    )
+    parser.add_argument(
+        "--no-reuse", action="store_true", help="run everything again (still journalled)"
+    )
     args = parser.parse_args(argv)
+    args.journal = args.journal or args.out.with_name(f"{args.out.stem}-runs.jsonl")
     args.seed_list = _ints(args.seeds)
     if args.threads:
         os.environ[THREADS_ENV] = str(args.threads)
@@ -1377,6 +1541,10 @@ def main(argv: list[str] | None = None) -> None:
     from memlaw.models import load_model
 
     tasks = build_tasks(args, workdir)
+    journal = Journal(
+        args.journal, machine_id(), code_id(), session=time.strftime("%Y-%m-%dT%H:%M:%S"),
+        reuse=not args.no_reuse,
+    )  # fmt: skip
     model, tokenizer = load_model(args.model)
     for task in tasks:
         resolve_recipe(task, tokenizer, args)
@@ -1395,7 +1563,10 @@ def main(argv: list[str] | None = None) -> None:
             "cpus": os.cpu_count(),
             "torch_threads": int(os.environ.get(THREADS_ENV) or torch.get_num_threads()),
             "torch": torch.__version__,
+            "kind": journal.machine,
         },
+        "code": journal.code,
+        "session": journal.session,
         "model": args.model,
         "settings": {k: str(v) for k, v in vars(args).items()},
         "contenders": {k: CONTENDERS[k] for k in contenders},
@@ -1405,12 +1576,13 @@ def main(argv: list[str] | None = None) -> None:
 
     def write() -> None:
         report["wall_seconds"] = time.perf_counter() - started
+        report["journal"] = {"path": str(args.journal), "runs_reused": journal.reused}
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(report, indent=2, default=str) + "\n")
 
     if args.search:
         for task in tasks:
-            report["search"][task["key"]] = search_task(task, args)
+            report["search"][task["key"]] = search_task(task, args, journal)
             write()
     elif previous_out:
         for key, search in previous_search(previous_out).items():
@@ -1441,7 +1613,7 @@ def main(argv: list[str] | None = None) -> None:
         for index, seed in enumerate(args.seed_list):
             shift = index % max(len(names), 1)  # rotate the order from seed to seed
             for name in names[shift:] + names[:shift]:
-                row = run_contender(name, task, seed, args, workdir)
+                row = run_contender(name, task, seed, args, workdir, journal)
                 entry["runs"].append(row)
                 print(
                     f"{task['name']} seed {seed} {name}: {row['stop']}, {row['wall_seconds']:.1f} s, "
@@ -1457,7 +1629,10 @@ def main(argv: list[str] | None = None) -> None:
     for task in report["tasks"]:
         if task.get("summary"):
             print_task(task)
-    print(f"\nwall time {report['wall_seconds']:.0f} s; JSON: {args.out}")
+    print(
+        f"\nwall time {report['wall_seconds']:.0f} s; JSON: {args.out}; "
+        f"{journal.reused} runs reused from {args.journal}"
+    )
     if not keep:
         shutil.rmtree(workdir, ignore_errors=True)
 

@@ -90,6 +90,21 @@ def test_time_to_recall_bench_runs_every_contender(tmp_path):
         assert row["wall_seconds"]["median"] > 0 and row["peak_rss_mib"]["median"] > 0
     assert "| TRL SFTTrainer + PEFT, same recipe |" in done.stdout
     assert "Recipe search, pb" in done.stdout
+    assert report["journal"]["runs_reused"] == 0
+    # a rerun (a new session) takes every finished run from the journal and runs none again
+    again = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
+    rerun = json.loads(out.read_text())
+    searched = len(search["runs"]) + 1  # + the check-interval study's one seed
+    assert rerun["journal"]["runs_reused"] == searched + len(contenders)
+    assert [r["wall_seconds"] for r in rerun["tasks"][0]["runs"]] == [
+        r["wall_seconds"] for r in task["runs"]
+    ]
+    assert rerun["search"]["pb"]["runs"] == search["runs"]
+    assert rerun["tasks"][0]["headline"] == task["headline"]  # one session: side by side
+    searches = [ln for ln in again.stdout.splitlines() if ln.startswith("search pb batch")]
+    assert len(searches) == len(search["runs"])
+    assert all(ln.endswith("(journal)") for ln in searches)  # nothing searched again
 
 
 def test_memft_at_capacity_bench_runs_reports_and_resumes(tmp_path):
