@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from memlaw.fit import certifies
 from memlaw.law import MemoryLaw, reference_law_path
 from memlaw.sweep import SweepSpec, SweepStore
 from tests.test_cli import memlaw
@@ -336,6 +337,16 @@ def test_the_shipped_law_plans_for_the_default_model(shipped, tmp_path, capsys, 
         assert result["certifying_rank"] is None and result["certifying_rank_range"] is None
         assert any("no recall data" in note for note in result["notes"])
         assert "certified_length" not in result["holds"]
+
+
+def test_the_shipped_law_agrees_with_every_point_it_measured(shipped):
+    """Where the law's own grid certified a set (every item) the recall law says the N_eff
+    certifies it, and where it did not, that it does not: the plan is held to its points."""
+    recall = shipped.metadata_.get("recall") or {}
+    assert has_recall(shipped)  # the default law plans with a recall boundary
+    assert recall["tokens_per_item"] > 0  # whole sets are counted in items
+    for n_eff, length, share in recall["points"]:
+        assert certifies(recall, n_eff, length) == (share >= 1.0), (n_eff, length, share)
 
 
 def test_the_shipped_law_says_what_it_can_answer(shipped, tmp_path, capsys, monkeypatch):

@@ -24,6 +24,7 @@ from memlaw.fit import (
     predicted_certified_share,
     recall_law,
     sweep_metadata,
+    whole_set_level,
 )
 from memlaw.law import LawPoint, saturating_delta
 from memlaw.sweep import SweepSpec, SweepStore
@@ -385,8 +386,27 @@ def test_recall_law_bootstrap_draws_and_intervals(fitted):
     low = certifying_n_eff(recall, 1000, quantile=0.025)
     high = certifying_n_eff(recall, 1000, quantile=0.975)
     assert low <= certifying_n_eff(recall, 1000) <= high
-    values = [math.exp(log_a) * 1000**k for k, log_a in draws]
+    values = [math.exp(log_a) * 1000**k for k, log_a, _ in draws]  # (k, ln A, b): one item
     assert high == pytest.approx(float(np.percentile(values, 97.5)))
+
+
+def test_a_whole_set_certifies_where_its_last_item_is_expected_to(fitted):
+    """N*(ℓ) for a set of n items is where the predicted certified share reaches 1 − 1/(2n),
+    above the median boundary, and ℓ*(N) inverts it with the set growing with ℓ."""
+    recall = fitted.recall
+    for length, per_item in ((250, 10.0), (700, 10.0), (2000, 5.0)):
+        items = length / per_item
+        n_star = certifying_n_eff(recall, length, tokens_per_item=per_item)
+        share = predicted_certified_share(recall, n_star, length)
+        assert share == pytest.approx(whole_set_level(items), abs=1e-9)
+        assert n_star > certifying_n_eff(recall, length)  # the median boundary: half the items
+        assert certified_length(recall, n_star, per_item) == pytest.approx(length, rel=1e-6)
+        # the law's own tokens per item stands in when the caller gives none
+        grid = dict(recall, tokens_per_item=per_item)
+        assert certifying_n_eff(grid, length) == pytest.approx(n_star, rel=1e-12)
+    low = certifying_n_eff(recall, 1000, quantile=0.025, tokens_per_item=10.0)
+    high = certifying_n_eff(recall, 1000, quantile=0.975, tokens_per_item=10.0)
+    assert low <= certifying_n_eff(recall, 1000, tokens_per_item=10.0) <= high
 
 
 def test_recall_law_needs_certified_shares():

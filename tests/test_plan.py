@@ -44,7 +44,12 @@ RECALL = {
         "draws": [[K, math.log(0.002)]] * 50 + [[K, math.log(0.008)]] * 50,
     },
 }
-FACTS = MemorySet(length=1000, base_loss=L0, info_baseline=H, kind="facts", items=100)
+# Items not counted (and none recorded in the law): the median boundary, N* = A·ℓ exactly.
+FACTS = MemorySet(length=1000, base_loss=L0, info_baseline=H, kind="facts")
+# 100 items: the whole set certifies where 1 − 1/200 of them are predicted to, a factor
+# (2·100 − 1)^(1/b) = 199^(1/4) ≈ 3.76 above the median boundary: N*(1000) ≈ 15.0.
+COUNTED = MemorySet(length=1000, base_loss=L0, info_baseline=H, kind="facts", items=100)
+WHOLE_SET = 199 ** (1 / SLOPE)
 
 
 def make_law(*, form: str = "saturating", params=None, recall=RECALL, **metadata) -> MemoryLaw:
@@ -110,6 +115,27 @@ def test_certifying_rank_interval_from_the_bootstrap_draws():
     # Without draws the interval collapses onto the point estimate.
     bare = {"boundary": {k: v for k, v in RECALL["boundary"].items() if k != "draws"}}
     assert plan(make_law(recall=bare), FACTS).certifying_rank_range == (4, 4)
+
+
+def test_a_counted_set_is_planned_to_certify_every_item():
+    """With its items counted, a set certifies where its last item is expected to: the
+    certified share 1 − 1/(2n), not the median boundary's ½."""
+    result = plan(make_law(), COUNTED, ranks=(4, 8, 15, 16, 32))
+    assert result.certifying_n_eff == pytest.approx(4 * WHOLE_SET)
+    assert result.certifying_rank == 16
+    assert result.certifying_rank_range == (8, 31)  # the draws' A 0.002 and 0.008
+    for row in result.rows:
+        assert row["certifies"] == (row["rank"] >= 16)
+        assert (row["certified_share"] >= 0.995 - 1e-9) == (row["rank"] >= 16)
+    # how much a rank holds, the set growing by one item per 10 tokens
+    holds = plan(make_law(), COUNTED, current_rank=16).holds
+    per_item = 10.0
+    level = (2 * holds["certified_length"] / per_item - 1) ** (1 / SLOPE)
+    assert 0.004 * holds["certified_length"] * level == pytest.approx(16, rel=1e-6)
+    assert holds["certified_length"] > 1000  # rank 16 holds this set with room
+    # the law's grid's tokens per item stands in for a set whose items are not counted
+    grid = dict(RECALL, tokens_per_item=per_item)
+    assert plan(make_law(recall=grid), FACTS).certifying_n_eff == pytest.approx(4 * WHOLE_SET)
 
 
 # --- how much a rank holds --------------------------------------------------------------------

@@ -1041,8 +1041,9 @@ def _print_fit(fitted) -> None:
     if "boundary" in recall:
         b, ci = recall["boundary"], recall.get("intervals", {})
         console.print(
-            f"recall boundary: N*(ℓ) = {b['A']:.3g} · ℓ^{b['k']:.3f}"
-            + (f" (k 95% interval [{ci['k'][0]:.3f}, {ci['k'][1]:.3f}])" if "k" in ci else ""),
+            f"recall boundary: N*(ℓ) = {b['A']:.3g} · ℓ^{b['k']:.3f} · (2n − 1)^(1/{b['b']:.3g})"
+            " for a set of n items (half of them: without the last factor)"
+            + (f"; k 95% interval [{ci['k'][0]:.3f}, {ci['k'][1]:.3f}]" if "k" in ci else ""),
             markup=False,
         )
     else:

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy.optimize import minimize
+from scipy.optimize import brentq, minimize
 
 from memlaw.errors import MemlawError
 from memlaw.law import LawPoint, MemoryLaw, capacity, compare_forms, holdout_check
@@ -163,14 +163,22 @@ def _logistic_fit(x: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 
 def recall_law(
-    points: list[LawPoint], *, n_bootstrap: int = 200, seed: int = 0, confidence: float = 0.95
+    points: list[LawPoint],
+    *,
+    n_bootstrap: int = 200,
+    seed: int = 0,
+    confidence: float = 0.95,
+    tokens_per_item: float | None = None,
 ) -> dict[str, Any]:
     """Certified share as a function of (N_eff, ℓ), and the recall boundary with intervals.
 
     A logistic law P(certified) = σ(a + b·ln N_eff − c·ln ℓ) is fitted to each point's
-    certified share (the share of items whose every target token has p > 0.5). Its
-    boundary, P = ½, is N*(ℓ) = A · ℓ^k with k = c/b, A = e^(−a/b): the smallest N_eff that
-    certifies ℓ tokens, and ℓ*(N) = (N / A)^(1/k), the most tokens N_eff certifies.
+    certified share (the share of items whose every target token has p > 0.5). Its median
+    boundary, P = ½, is N½(ℓ) = A · ℓ^k with k = c/b, A = e^(−a/b): where half the items
+    certify. A whole set of n items certifies where P reaches :func:`whole_set_level` (the
+    expected number of uncertified items below ½), a factor e^(logit(P)/b) above N½: that is
+    what :func:`certifying_n_eff` and :func:`certified_length` answer. ``tokens_per_item``
+    (the grid's) gives n for a length when the caller has no set of its own.
     Intervals: percentiles over refits on points resampled with replacement. The measured
     side is kept too: per ℓ, the smallest N_eff whose run certified every item.
 
@@ -217,11 +225,16 @@ def recall_law(
                 float(np.percentile(values, tail)),
                 float(np.percentile(values, 100 - tail)),
             ]
-        boundary["draws"] = [[float(k), float(a)] for k, a in zip(ks, log_as, strict=True)]
+        boundary["draws"] = [
+            [float(k), float(a), float(slope)]
+            for k, a, slope in zip(ks, log_as, arr[:, 1], strict=True)
+        ]
     predicted = 1.0 / (1.0 + np.exp(-(theta[0] + theta[1] * x[:, 0] - theta[2] * x[:, 1])))
     return {
-        "rule": "P(certified) = σ(a + b·ln N_eff − c·ln ℓ); boundary N*(ℓ) = A·ℓ^k at P = ½",
+        "rule": "P(certified) = σ(a + b·ln N_eff − c·ln ℓ); a set of n items certifies from "
+        "N*(ℓ) = A·ℓ^k · e^(logit(1 − 1/(2n))/b) (A·ℓ^k: half of the items)",
         "boundary": boundary,
+        "tokens_per_item": tokens_per_item,
         "intervals": intervals,
         "bootstrap_ok": len(draws),
         "mean_abs_error": float(np.mean(np.abs(predicted - y))),
@@ -292,7 +305,10 @@ def has_recall_data(recall: Any) -> bool:
 
 
 def held_certifying_n_eff(
-    recall: Mapping[str, Any], length: float, quantile: float | None = None
+    recall: Mapping[str, Any],
+    length: float,
+    quantile: float | None = None,
+    tokens_per_item: float | None = None,
 ) -> float | None:
     """N*(ℓ) of the recall law (or a quantile of it), held to what the law's own points
     measured: above an N_eff that failed on a set no longer than ℓ, at most one that certified
@@ -310,7 +326,7 @@ def held_certifying_n_eff(
     failed, certified = measured_limits(recall, length)
     if "boundary" not in recall:
         return certified
-    needed = certifying_n_eff(recall, length, quantile=quantile)
+    needed = certifying_n_eff(recall, length, quantile=quantile, tokens_per_item=tokens_per_item)
     if failed is not None:
         needed = max(needed, failed * (1 + 1e-6))
     if certified is not None:
@@ -318,7 +334,9 @@ def held_certifying_n_eff(
     return needed
 
 
-def certifies(recall: Mapping[str, Any], n_eff: float, length: float) -> bool | None:
+def certifies(
+    recall: Mapping[str, Any], n_eff: float, length: float, tokens_per_item: float | None = None
+) -> bool | None:
     """Whether N_eff certifies a set of ℓ target tokens, by the recall law held to its points;
     None where nothing says (no boundary fitted, and N_eff between what failed and what
     certified).
@@ -330,7 +348,7 @@ def certifies(recall: Mapping[str, Any], n_eff: float, length: float) -> bool | 
     failed, _ = measured_limits(recall, length)
     if failed is not None and n_eff <= failed:
         return False
-    needed = held_certifying_n_eff(recall, length)
+    needed = held_certifying_n_eff(recall, length, tokens_per_item=tokens_per_item)
     if needed is not None and n_eff >= needed * (1 - N_EFF_SLACK):
         return True
     return False if "boundary" in recall else None
@@ -373,31 +391,96 @@ def measured_boundary(points: list[LawPoint]) -> list[dict[str, Any]]:
     return rows
 
 
-def certifying_n_eff(
-    recall: Mapping[str, Any], length: float, quantile: float | None = None
-) -> float:
-    """N*(ℓ) = A·ℓ^k from a :func:`recall_law` record; with ``quantile`` (e.g. 0.975), that
-    quantile of N* over the bootstrap draws instead of the point estimate.
+def whole_set_level(items: float) -> float:
+    """The certified share at which a set of ``items`` counts as certified by the recall law:
+    1 − 1/(2n), where fewer than half an item is expected to be left uncertified. One item:
+    ½, the median boundary.
 
-    >>> certifying_n_eff({"boundary": {"A": 0.01, "k": 1.0}}, 400)
-    4.0
+    >>> whole_set_level(100), whole_set_level(1)
+    (0.995, 0.5)
+    """
+    return 1.0 - 0.5 / max(float(items), 1.0)
+
+
+def _items(recall: Mapping[str, Any], length: float, tokens_per_item: float | None) -> float:
+    """The number of items in a set of ℓ tokens: ℓ over the caller's tokens per item, else
+    the grid's; 1 (the median boundary) for a law that recorded neither."""
+    per_item = tokens_per_item or recall.get("tokens_per_item")
+    return max(float(length) / float(per_item), 1.0) if per_item else 1.0
+
+
+def _log_n_star(draw: Sequence[float], length: float, items: float) -> float:
+    """ln N*(ℓ) for a set of ``items`` under one (k, ln A, b) draw of the boundary."""
+    k, log_a, slope = draw
+    # logit(whole_set_level(n)) = ln(2n − 1), written so that no level rounds to 1
+    return log_a + k * math.log(length) + math.log(2.0 * max(items, 1.0) - 1.0) / slope
+
+
+def boundary_draws(recall: Mapping[str, Any]) -> tuple[list[float], list[list[float]]]:
+    """The boundary's (k, ln A, b) and its bootstrap draws, each a (k, ln A, b) (a draw of an
+    older record lacks its b: the point estimate's).
+
+    >>> boundary_draws({"boundary": {"A": 1.0, "k": 0.5, "b": 2.0, "draws": [[0.4, 0.1]]}})
+    ([0.5, 0.0, 2.0], [[0.4, 0.1, 2.0]])
     """
     boundary = recall["boundary"]
-    if quantile is None or not boundary.get("draws"):
-        return float(boundary["A"]) * float(length) ** float(boundary["k"])
-    values = [math.exp(min(log_a + k * math.log(length), 700.0)) for k, log_a in boundary["draws"]]
+    point = [float(boundary["k"]), math.log(float(boundary["A"])), float(boundary["b"])]
+    draws = [list(d) if len(d) == 3 else [*d, point[2]] for d in boundary.get("draws") or []]
+    return point, draws
+
+
+def certifying_n_eff(
+    recall: Mapping[str, Any],
+    length: float,
+    quantile: float | None = None,
+    tokens_per_item: float | None = None,
+) -> float:
+    """N*(ℓ): the smallest N_eff whose predicted certified share reaches the whole set's
+    level (:func:`whole_set_level`), from a :func:`recall_law` record; with ``quantile`` (e.g.
+    0.975), that quantile of N* over the bootstrap draws instead of the point estimate.
+
+    >>> boundary = {"A": 0.01, "k": 1.0, "b": 2.0}
+    >>> round(certifying_n_eff({"boundary": boundary}, 400), 6)  # no items known: half
+    4.0
+    >>> round(certifying_n_eff({"boundary": boundary}, 400, tokens_per_item=4), 2)  # 100 items
+    56.43
+    """
+    point, draws = boundary_draws(recall)
+    items = _items(recall, length, tokens_per_item)
+    if quantile is None or not draws:
+        return math.exp(min(_log_n_star(point, length, items), 700.0))
+    values = [math.exp(min(_log_n_star(d, length, items), 700.0)) for d in draws]
     return float(np.percentile(values, 100 * quantile))
 
 
-def certified_length(recall: Mapping[str, Any], n_eff: float) -> float:
-    """ℓ*(N) = (N / A)^(1/k): the most target tokens N_eff certifies.
+def certified_length(
+    recall: Mapping[str, Any],
+    n_eff: float,
+    tokens_per_item: float | None = None,
+    draw: Sequence[float] | None = None,
+) -> float:
+    """ℓ*(N): the most target tokens N_eff certifies as a whole set, the set growing by one
+    item per ``tokens_per_item`` tokens (else the grid's); ``draw``: one (k, ln A, b) of the
+    bootstrap instead of the point estimate.
 
-    >>> round(certified_length({"boundary": {"A": 0.01, "k": 1.0}}, 4), 6)
+    >>> round(certified_length({"boundary": {"A": 0.01, "k": 1.0, "b": 2.0}}, 4), 6)
     400.0
+    >>> round(certified_length({"boundary": {"A": 0.01, "k": 1.0, "b": 2.0}}, 56.43, 4))
+    400
     """
-    boundary = recall["boundary"]
-    log_length = (math.log(n_eff) - math.log(float(boundary["A"]))) / float(boundary["k"])
-    return math.exp(min(log_length, 700.0))
+    params = list(draw) if draw is not None else boundary_draws(recall)[0]
+    target = math.log(n_eff)
+
+    def gap(log_length: float) -> float:
+        length = math.exp(log_length)
+        return _log_n_star(params, length, _items(recall, length, tokens_per_item)) - target
+
+    low, high = -50.0, 300.0  # ln N* grows with ℓ: its level only rises with the item count
+    if gap(low) >= 0:
+        return math.exp(low)
+    if gap(high) <= 0:
+        return math.exp(high)
+    return math.exp(brentq(gap, low, high, xtol=1e-10))
 
 
 def predicted_certified_share(recall: Mapping[str, Any], n_eff: float, length: float) -> float:
@@ -492,7 +575,11 @@ def fit_sweep(
     # Recall is what the recipe certifies within its cap, so a point that ran out of epochs
     # uncertified is a failure the recall law must see, even when ΔL leaves it out.
     recall_points = law_points([row for row in rows if str(row["method"]) == method])
-    recall = _guarded(lambda: recall_law(recall_points, n_bootstrap=n_bootstrap, seed=seed))
+    recall = _guarded(
+        lambda: recall_law(
+            recall_points, n_bootstrap=n_bootstrap, seed=seed, tokens_per_item=tokens_per_item(rows)
+        )
+    )
     table = [_capacity_row(p) for p in points]
     law.metadata_ = {
         **law.metadata_,
@@ -529,10 +616,12 @@ def validate_law(law: MemoryLaw, rows: Iterable[Mapping[str, Any]]) -> dict[str,
     >>> check["median_relative_error"] < 1e-3, check["points"][0]["certified"]
     (True, True)
     """
-    points = law_points(check_rows(rows))
+    rows = check_rows(rows)
+    points = law_points(rows)
     recall = (law.metadata_ or {}).get("recall") or {}
     records = []
     for point in points:
+        per_item = tokens_per_item(r for r in rows if float(r["length"]) == float(point.length))
         unit = law.capacity_of(point.rank or point.n_eff, point.layers or 1)
         predicted = float(
             law.predict(
@@ -554,8 +643,10 @@ def validate_law(law: MemoryLaw, rows: Iterable[Mapping[str, Any]]) -> dict[str,
             record |= {"bits": measured["bits"], "predicted_bits": guess["bits"]}
         if has_recall_data(recall):
             record |= {
-                "certifying_n_eff": held_certifying_n_eff(recall, point.length),
-                "predicted_certified": certifies(recall, point.n_eff, point.length),
+                "certifying_n_eff": held_certifying_n_eff(
+                    recall, point.length, tokens_per_item=per_item
+                ),
+                "predicted_certified": certifies(recall, point.n_eff, point.length, per_item),
             }
         if "boundary" in recall:
             record["predicted_certified_share"] = predicted_certified_share(
@@ -692,6 +783,25 @@ def _read_store(db: Any) -> tuple[Any, list[dict[str, Any]]]:
 
     store = SweepStore(db)
     try:
-        return store.spec(), store.rows()
+        rows = store.rows(with_record=True)
+        return store.spec(), [_with_items(row) for row in rows]
     finally:
         store.close()
+
+
+def _with_items(row: dict[str, Any]) -> dict[str, Any]:
+    """The row without its record, but with the number of items its run trained on (None
+    where the record does not say): a recall boundary counts items, not only tokens."""
+    record = row.pop("record", None) or {}
+    items = (record.get("config") or {}).get("items")
+    return row | {"items": items if isinstance(items, int) and items > 0 else None}
+
+
+def tokens_per_item(rows: Iterable[Mapping[str, Any]]) -> float | None:
+    """The median ℓ per item over rows that know their item count (None: none does).
+
+    >>> tokens_per_item([{"length": 1000, "items": 100}, {"length": 250, "items": 25}, {}])
+    10.0
+    """
+    ratios = [float(r["length"]) / r["items"] for r in rows if r.get("items") and r.get("length")]
+    return float(np.median(ratios)) if ratios else None

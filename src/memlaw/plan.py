@@ -35,6 +35,7 @@ from typing import Any
 from memlaw.errors import MemlawError
 from memlaw.fit import (
     N_EFF_SLACK,
+    boundary_draws,
     certified_length,
     certifies,
     certifying_n_eff,
@@ -160,21 +161,29 @@ def _recall(law: MemoryLaw) -> Mapping[str, Any] | None:
     return recall if has_recall_data(recall) else None
 
 
-def _certifying(recall: Mapping[str, Any], length: float, layers: int, notes: list[str]):
-    """(N_eff, rank range) that certifies ℓ tokens: the fitted boundary and its interval held
-    to the measured points, or the measured points alone where no boundary was fitted."""
-    certifying = held_certifying_n_eff(recall, length)
+def _per_item(memory: MemorySet) -> float | None:
+    """Target tokens per item of the user's set (None: not counted; the law's grid's is
+    used)."""
+    return memory.length / memory.items if memory.items else None
+
+
+def _certifying(recall: Mapping[str, Any], memory: MemorySet, layers: int, notes: list[str]):
+    """(N_eff, rank range) that certifies the whole set: the fitted boundary at the set's
+    level and its interval held to the measured points, or the measured points alone where
+    no boundary was fitted."""
+    length, per_item = memory.length, _per_item(memory)
+    certifying = held_certifying_n_eff(recall, length, tokens_per_item=per_item)
     if "boundary" not in recall:
         return certifying, _measured_rank(recall, certifying, length, layers, notes)
-    fitted = certifying_n_eff(recall, length)
+    fitted = certifying_n_eff(recall, length, tokens_per_item=per_item)
     if certifying != fitted:
         notes.append(
             f"the recall law's N*(ℓ) = {fitted:.3g} (rank {_rank_for(fitted, layers)}) is "
             f"held to the law's own measurements ({_measured_text(recall, length)}):"
             f" rank {_rank_for(certifying, layers)}"
         )
-    low = held_certifying_n_eff(recall, length, quantile=0.025)
-    high = held_certifying_n_eff(recall, length, quantile=0.975)
+    low = held_certifying_n_eff(recall, length, quantile=0.025, tokens_per_item=per_item)
+    high = held_certifying_n_eff(recall, length, quantile=0.975, tokens_per_item=per_item)
     return certifying, (_rank_for(low, layers), _rank_for(high, layers))
 
 
@@ -243,7 +252,9 @@ def _row(law: MemoryLaw, memory: MemorySet, rank: int, layers: int, span, recall
         "memorized_bits": bits,
         "bits_per_param": None if bits is None or per_rank is None else bits / (per_rank * n_eff),
         "certified_share": share,
-        "certifies": None if recall is None else certifies(recall, n_eff, memory.length),
+        "certifies": None
+        if recall is None
+        else certifies(recall, n_eff, memory.length, _per_item(memory)),
         "extrapolated": outside,
     }
 
@@ -280,7 +291,7 @@ def plan(
             "with memlaw fit on a sweep that records certified shares"
         )
     else:
-        certifying, certifying_range = _certifying(recall, memory.length, layers, notes)
+        certifying, certifying_range = _certifying(recall, memory, layers, notes)
     if certifying is not None:
         grid = sorted(set(grid) | {_rank_for(certifying, layers)})
     rows = [_row(law, memory, rank, layers, span, recall) for rank in grid]
@@ -325,17 +336,15 @@ def _holds(law, memory: MemorySet, rank: int, layers: int, span, recall) -> dict
         if measured > 0:
             out["certified_length_at_least"] = measured  # measured, no boundary fitted
     elif recall is not None:
+        per_item = _per_item(memory)
         out["certified_length"] = held_certified_length(
-            recall, n_eff, certified_length(recall, n_eff)
+            recall, n_eff, certified_length(recall, n_eff, per_item)
         )
-        draws = recall["boundary"].get("draws") or []
+        draws = boundary_draws(recall)[1]
         if draws:
-            # in logs: an ill-determined draw (k → 0) must not overflow
             lengths = sorted(
-                held_certified_length(
-                    recall, n_eff, math.exp(min((math.log(n_eff) - log_a) / k, 700.0))
-                )
-                for k, log_a in draws
+                held_certified_length(recall, n_eff, certified_length(recall, n_eff, per_item, d))
+                for d in draws
             )
             out["certified_length_range"] = (
                 lengths[int(0.025 * (len(lengths) - 1))],

@@ -343,12 +343,19 @@ def _recall_html(recall: dict) -> str:
     b, intervals = recall["boundary"], recall.get("intervals", {})
     text = (
         f"<p>{_esc(recall['rule'])}: a = {b['a']:.3f}, b = {b['b']:.3f}, c = {b['c']:.3f}; "
-        f"N*(ℓ) = {b['A']:.4g} · ℓ<sup>{b['k']:.3f}</sup> "
+        f"half of the items at N<sub>½</sub>(ℓ) = {b['A']:.4g} · ℓ<sup>{b['k']:.3f}</sup>, a "
+        f"whole set of n items {_per_item_text(recall)}from that times "
+        f"(2n − 1)<sup>1/{b['b']:.3f}</sup> "
         f"(A {_interval(intervals.get('A'))}, k {_interval(intervals.get('k'))}; "
         f"{recall.get('bootstrap_ok', 0)} bootstrap refits). Mean |error| of the certified "
         f"share: {_percent(recall.get('mean_abs_error'))}.</p>"
     )
     return text + _measured_html(recall)
+
+
+def _per_item_text(recall: dict) -> str:
+    per_item = recall.get("tokens_per_item")
+    return f"(the grid's: one per {per_item:g} tokens) " if per_item else ""
 
 
 def _measured_html(recall: dict) -> str:
