@@ -135,7 +135,11 @@ def test_a_counted_set_is_planned_to_certify_every_item():
     assert holds["certified_length"] > 1000  # rank 16 holds this set with room
     # the law's grid's tokens per item stands in for a set whose items are not counted
     grid = dict(RECALL, tokens_per_item=per_item)
-    assert plan(make_law(recall=grid), FACTS).certifying_n_eff == pytest.approx(4 * WHOLE_SET)
+    counted = plan(make_law(recall=grid), FACTS)
+    assert counted.certifying_n_eff == pytest.approx(4 * WHOLE_SET)
+    assert not any("median item" in note for note in counted.notes)
+    # with neither, the plan says it certifies the median item only
+    assert any("median item" in note for note in plan(make_law(), FACTS).notes)
 
 
 # --- how much a rank holds --------------------------------------------------------------------
@@ -284,10 +288,11 @@ def test_plan_refuses_what_the_law_was_not_measured_on(memory_kind, kwargs, mess
 
 
 def test_plan_accepts_what_the_law_was_measured_on():
-    result = plan(make_law(), FACTS, model="tiny", modules="gate_proj,up_proj,down_proj")
+    law = make_law(recall=dict(RECALL, tokens_per_item=10.0))  # as memlaw fit records it
+    result = plan(law, FACTS, model="tiny", modules="gate_proj,up_proj,down_proj")
     assert result.notes == []
     # A memory set of unknown kind (a bare length) is not refused.
-    assert plan(make_law(), MemorySet(length=1000), model="tiny").notes == []
+    assert plan(law, MemorySet(length=1000), model="tiny").notes == []
 
 
 def test_force_lists_every_mismatch():

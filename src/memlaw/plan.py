@@ -175,6 +175,12 @@ def _certifying(recall: Mapping[str, Any], memory: MemorySet, layers: int, notes
     certifying = held_certifying_n_eff(recall, length, tokens_per_item=per_item)
     if "boundary" not in recall:
         return certifying, _measured_rank(recall, certifying, length, layers, notes)
+    if per_item is None and not recall.get("tokens_per_item"):
+        notes.append(
+            "neither the set's items nor the law's tokens per item are known, so the plan "
+            "certifies the median item, not every item: pass --data, or refit the law with "
+            "memlaw fit"
+        )
     fitted = certifying_n_eff(recall, length, tokens_per_item=per_item)
     if certifying != fitted:
         notes.append(
