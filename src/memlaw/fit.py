@@ -337,9 +337,9 @@ def held_certifying_n_eff(
 def certifies(
     recall: Mapping[str, Any], n_eff: float, length: float, tokens_per_item: float | None = None
 ) -> bool | None:
-    """Whether N_eff certifies a set of ℓ target tokens, by the recall law held to its points;
-    None where nothing says (no boundary fitted, and N_eff between what failed and what
-    certified).
+    """Whether N_eff certifies every item of a set of ℓ target tokens (one item per
+    ``tokens_per_item``, else the grid's), by the recall law held to its points; None where
+    nothing says (no boundary fitted, and N_eff between what failed and what certified).
 
     >>> measured = {"points": [[1, 1000, 0.4], [4, 1000, 1.0]]}
     >>> certifies(measured, 4, 1000), certifies(measured, 1, 1200), certifies(measured, 2, 1000)
