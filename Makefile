@@ -59,6 +59,8 @@ phonebook-law: install
 		--db laws/smollm2-135m-phonebook-validation.db
 	$(BIN)/memlaw sweep $(PHONEBOOK_SETTINGS) --ranks 6 --lengths 3000 --workers 1 \
 		--db laws/smollm2-135m-phonebook-validation.db
+	$(BIN)/memlaw sweep $(PHONEBOOK_SETTINGS) --ranks 3 --lengths 4000 --workers 1 \
+		--db laws/smollm2-135m-phonebook-validation.db
 	$(BIN)/memlaw fit --db laws/smollm2-135m-phonebook.db --include-capped \
 		--validate laws/smollm2-135m-phonebook-validation.db --out src/memlaw/laws/smollm2-135m.json
 	$(BIN)/memlaw report --db laws/smollm2-135m-phonebook.db --law src/memlaw/laws/smollm2-135m.json \
