@@ -34,6 +34,8 @@ def test_sweep_fills_the_grid_once_and_resumes(tmp_path):
         assert row["hit_cap"] == (row["stop_reason"] == "budget")
         assert len(row["record"]["probabilities"]) == row["length"]
         assert row["steps"] == len(row["record"]["losses"])
+        assert row["items"] == row["record"]["config"]["items"] > 0  # read inside SQLite
+    assert all(r["items"] and r["record"] is None for r in SweepStore(tmp_path / "s.db").rows())
     again = run_sweep(
         spec, SweepStore(tmp_path / "s.db", spec), LocalExecutor(workers=1), progress=False
     )

@@ -783,18 +783,9 @@ def _read_store(db: Any) -> tuple[Any, list[dict[str, Any]]]:
 
     store = SweepStore(db)
     try:
-        rows = store.rows(with_record=True)
-        return store.spec(), [_with_items(row) for row in rows]
+        return store.spec(), store.rows()
     finally:
         store.close()
-
-
-def _with_items(row: dict[str, Any]) -> dict[str, Any]:
-    """The row without its record, but with the number of items its run trained on (None
-    where the record does not say): a recall boundary counts items, not only tokens."""
-    record = row.pop("record", None) or {}
-    items = (record.get("config") or {}).get("items")
-    return row | {"items": items if isinstance(items, int) and items > 0 else None}
 
 
 def tokens_per_item(rows: Iterable[Mapping[str, Any]]) -> float | None:

@@ -469,8 +469,12 @@ class SweepStore:
             )
 
     def rows(self, with_record: bool = False) -> list[dict]:
+        """Every finished point, its record parsed only ``with_record``. ``items``: the number
+        of items the run trained on, read from the record inside SQLite (None where the record
+        does not say), so a fit counts items without parsing every run's record."""
         cursor = self.connection.execute(
-            "SELECT * FROM points ORDER BY layers, method, seed, length, rank"
+            "SELECT *, CASE WHEN json_valid(record) THEN json_extract(record, '$.config.items')"
+            " END AS items FROM points ORDER BY layers, method, seed, length, rank"
         )
         names = [d[0] for d in cursor.description]
         rows = []
@@ -479,6 +483,8 @@ class SweepStore:
                 zip(names, values, strict=True)
             )
             row["hit_cap"] = bool(row["hit_cap"])
+            if not (isinstance(row["items"], int) and row["items"] > 0):
+                row["items"] = None
             row["record"] = json.loads(row["record"]) if with_record else None
             rows.append(row)
         return rows
