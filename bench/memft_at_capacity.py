@@ -153,6 +153,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=True,
         help="train and audit one SFT adapter at the first regime",
     )
+    parser.add_argument("--audit-seed", type=int, default=0, help="the audited SFT run's seed")
+    parser.add_argument(
+        "--audit-resume-from",
+        type=Path,
+        default=None,
+        help="a checkpoint of the same SFT point (the sweep's, kept before it finished) to resume",
+    )
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (own databases)")
@@ -456,54 +463,54 @@ def audit_dir(args) -> Path:
     rank, length = args.regime[0]
     model = "".join(c if c.isalnum() or c in "-." else "_" for c in args.model)
     device = "" if args.device == "cpu" else "-" + args.device.replace(":", "")
-    return args.out_dir / f"{NAME}-audit-{model}-r{rank}-l{length}-e{args.epochs}{device}"
+    seed = f"-s{args.audit_seed}" if args.audit_seed else ""
+    return args.out_dir / f"{NAME}-audit-{model}-r{rank}-l{length}-e{args.epochs}{seed}{device}"
 
 
 def run_audit(args) -> dict:
-    """SFT at the first regime (seed 0, the recipe), its adapter saved, and memlaw's budget
-    audit on it; skipped when its audit.json exists (an adapter without one is audited)."""
-    from memlaw.adapters import LoraSpec, load_adapter
+    """SFT at the first regime (seed ``--audit-seed``, the sweep point's exact run), its adapter
+    saved, and memlaw's budget audit on it; skipped when its audit.json exists (an adapter
+    without one is audited). The run checkpoints beside the adapter, so a killed audit resumes;
+    ``--audit-resume-from`` seeds that checkpoint with the at-capacity sweep's own checkpoint of
+    the same point (the same run: its fingerprint is checked), so the audit need not train SFT
+    at capacity a second time."""
+    import shutil
+
+    from memlaw.adapters import load_adapter
     from memlaw.atomic import atomic_write_json, remove_stale_staging
     from memlaw.audit import audit
     from memlaw.models import load_model
-    from memlaw.recipe import default_batch_size
-    from memlaw.sweep import adapted_layers, baseline_for, memory_set_for
-    from memlaw.train import TrainConfig, save_run, train
+    from memlaw.sweep import SweepPoint, baseline_for, memory_set_for, point_run
+    from memlaw.train import save_run, train
 
     folder = audit_dir(args)
     if (folder / "audit.json").is_file():
         return json.loads((folder / "audit.json").read_text())
     rank, length = args.regime[0]
+    seed = args.audit_seed
     spec = make_spec(args, ranks=(rank,), lengths=(length,), methods=("sft",), epochs=args.epochs)
-    print(f"\n## audit: SFT at rank {rank}, ℓ {length}, seed 0 → {folder}", flush=True)
+    print(f"\n## audit: SFT at rank {rank}, ℓ {length}, seed {seed} → {folder}", flush=True)
     started = time.perf_counter()
     model, tokenizer = load_model(spec.model, dtype=spec.dtype, device=spec.device)
     encoded = memory_set_for(spec, length, tokenizer)
     remove_stale_staging(folder)
+    resumed_from = None
     if (folder / "adapter_config.json").is_file():
         target = load_adapter(model, folder, model_name=spec.model)
         trained_now = False
     else:
         baseline = baseline_for(spec, encoded, tokenizer)
-        layers = adapted_layers(1, model.config.num_hidden_layers)
-        config = TrainConfig(  # exactly memlaw.sweep.run_point's
-            method="sft",
-            lr=spec.lr,
-            steps=spec.max_steps,
-            epochs=spec.max_epochs,
-            batch_size=default_batch_size(len(encoded)),
-            seed=0,
-            stop_when_certified=spec.stop_at_certified,
-            fast_path=spec.fast_path,
-            plateau_window=spec.plateau_window,
-            plateau_tolerance=spec.plateau_tolerance,
-            information_baseline=baseline.nats_per_token,
-            anneal_patience=spec.anneal_patience,
-        )
-        lora = LoraSpec(rank=rank, layers=layers, modules=spec.modules)
-        result = train(model, tokenizer, encoded, lora, config)
+        point = SweepPoint(rank=rank, length=length, layers=1, method="sft", seed=seed)
+        config, lora = point_run(spec, point, model, len(encoded), baseline)
+        checkpoint = folder.with_name(folder.name + ".checkpoint")
+        source = args.audit_resume_from
+        if source is not None and not (checkpoint / "state.json").is_file():
+            shutil.copytree(source, checkpoint, dirs_exist_ok=True)
+            resumed_from = str(source)
+        result = train(model, tokenizer, encoded, lora, config, checkpoint=checkpoint)
         extra = {"model": spec.model, "data": f"{spec.data} generator, ℓ {length}"}
         save_run(result, folder, overwrite=True, extra=extra)
+        shutil.rmtree(checkpoint, ignore_errors=True)
         target, trained_now = result.model, True
     report = audit(target, tokenizer, encoded)
     record = json.loads((folder / "record.json").read_text())
@@ -511,13 +518,14 @@ def run_audit(args) -> dict:
         "rank": rank,
         "length": length,
         "method": "sft",
-        "seed": 0,
+        "seed": seed,
         "epoch_cap": args.epochs,
         "adapter": str(folder),
         "audit": report.to_dict(),
         "training": training_budget(record),
         "seconds": time.perf_counter() - started,
         "trained_now": trained_now,
+        "resumed_from": resumed_from,
     }
     atomic_write_json(folder / "audit.json", payload)
     return payload

@@ -239,3 +239,51 @@ def test_memft_at_capacity_verdict_rule_and_smallest_rank():
     assert search(4) == ()  # both certified every seed at rank 2
     grid = rows(1.0, 1.0, 1.0, method="sft") + rows(0.5, 1.0, 1.0, method="memft")
     assert search(2) == ("memft",)
+
+
+def test_memft_at_capacity_audit_resumes_the_sweeps_own_run(tmp_path):
+    """--audit-resume-from: the audit continues the sweep point's checkpoint (the same run, its
+    fingerprint checked) instead of training SFT again, and ends where the sweep point ended."""
+    import argparse
+    import importlib.util
+    import sqlite3
+
+    from memlaw.models import load_model
+    from memlaw.sweep import SweepPoint, baseline_for, memory_set_for, point_run
+    from memlaw.train import train
+
+    loaded = importlib.util.spec_from_file_location("capacity", BENCH / "memft_at_capacity.py")
+    bench = importlib.util.module_from_spec(loaded)
+    loaded.loader.exec_module(bench)
+    args = argparse.Namespace(model="tiny", seeds=(1,), device="cpu", dtype="float32")
+    spec = bench.make_spec(args, ranks=(1,), lengths=(64,), methods=("sft",), epochs=12)
+    model, tokenizer = load_model("tiny")
+    encoded = memory_set_for(spec, 64, tokenizer)
+    point = SweepPoint(rank=1, length=64, layers=1, method="sft", seed=1)
+    config, lora = point_run(
+        spec, point, model, len(encoded), baseline_for(spec, encoded, tokenizer)
+    )
+    kept = tmp_path / "kept"  # as a sweep leaves it in flight: saved at epoch 10 of 12
+    first = train(model, tokenizer, encoded, lora, config, checkpoint=kept, final_probe=False)
+    assert first.log[-1].epoch == 12 and (kept / "state.json").is_file()
+
+    out = tmp_path / "results"
+    command = [
+        sys.executable,
+        str(BENCH / "memft_at_capacity.py"),
+        *("--model", "tiny", "--regime", "1:64", "--methods", "sft", "--seeds", "1"),
+        *("--epochs", "12", "--long-epochs", "0", "--efficiency", "", "--no-long-context"),
+        *("--audit-seed", "1", "--audit-resume-from", str(kept), "--workers", "1"),
+        *("--out-dir", str(out)),
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    audit = json.loads((out / "memft_at_capacity.json").read_text())["audit"]
+    assert audit["seed"] == 1 and audit["resumed_from"] == str(kept) and audit["trained_now"]
+    assert audit["adapter"].endswith("-s1")
+    record = json.loads((Path(audit["adapter"]) / "record.json").read_text())
+    with sqlite3.connect(out / "memft_at_capacity-phonebook-e12.db") as connection:
+        (swept,) = connection.execute("SELECT final_loss FROM points").fetchone()
+    # the same run: the sweep's point and the resumed audit end at the same loss
+    assert abs(record["final_loss"] - swept) <= 1e-4 * abs(swept)
+    assert not Path(audit["adapter"] + ".checkpoint").exists()  # cleaned up once saved

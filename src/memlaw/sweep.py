@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from memlaw.errors import MemlawError
 
@@ -222,21 +222,15 @@ def baseline_for(spec: SweepSpec, encoded: list, tokenizer):
     )
 
 
-def run_point(spec: SweepSpec, point: SweepPoint, checkpoints: str | Path | None = None) -> dict:
-    """Train one point and return its row (runs in a worker process).
-
-    ``checkpoints``: a folder where the point keeps its run's checkpoint
-    (``<checkpoints>/<key>``, every :data:`CHECKPOINT_EPOCHS` epochs), so a killed sweep
-    continues the point where it was instead of starting it again."""
+def point_run(spec: SweepSpec, point: SweepPoint, model: Any, items: int, baseline: Any) -> tuple:
+    """The training config and adapter spec of one sweep point, for ``model`` and a memory set
+    of ``items`` items whose information baseline is ``baseline``: the one place that says how a
+    point trains, so anything that reruns a point (a bench's audit) trains the same run, down to
+    its checkpoint's fingerprint."""
     from memlaw.adapters import LoraSpec
-    from memlaw.information import memorized_bits
-    from memlaw.models import load_model
     from memlaw.recipe import default_batch_size
-    from memlaw.train import TrainConfig, epoch_summaries, train
+    from memlaw.train import TrainConfig
 
-    model, tokenizer = load_model(spec.model, dtype=spec.dtype, device=spec.device)
-    encoded = memory_set_for(spec, point.length, tokenizer)
-    baseline = baseline_for(spec, encoded, tokenizer)
     layers = adapted_layers(point.layers, model.config.num_hidden_layers)
     lora = LoraSpec(rank=point.rank, layers=layers, modules=spec.modules)
     config = TrainConfig(
@@ -244,7 +238,7 @@ def run_point(spec: SweepSpec, point: SweepPoint, checkpoints: str | Path | None
         lr=spec.lr,
         steps=spec.max_steps,
         epochs=spec.max_epochs,
-        batch_size=default_batch_size(len(encoded)) if spec.batch_size is None else spec.batch_size,
+        batch_size=default_batch_size(items) if spec.batch_size is None else spec.batch_size,
         seed=point.seed,
         stop_when_certified=spec.stop_at_certified,
         fast_path=spec.fast_path,
@@ -253,6 +247,23 @@ def run_point(spec: SweepSpec, point: SweepPoint, checkpoints: str | Path | None
         information_baseline=baseline.nats_per_token if spec.plateau_on == "information" else None,
         anneal_patience=spec.anneal_patience,
     )
+    return config, lora
+
+
+def run_point(spec: SweepSpec, point: SweepPoint, checkpoints: str | Path | None = None) -> dict:
+    """Train one point and return its row (runs in a worker process).
+
+    ``checkpoints``: a folder where the point keeps its run's checkpoint
+    (``<checkpoints>/<key>``, every :data:`CHECKPOINT_EPOCHS` epochs), so a killed sweep
+    continues the point where it was instead of starting it again."""
+    from memlaw.information import memorized_bits
+    from memlaw.models import load_model
+    from memlaw.train import epoch_summaries, train
+
+    model, tokenizer = load_model(spec.model, dtype=spec.dtype, device=spec.device)
+    encoded = memory_set_for(spec, point.length, tokenizer)
+    baseline = baseline_for(spec, encoded, tokenizer)
+    config, lora = point_run(spec, point, model, len(encoded), baseline)
     started = time.perf_counter()
     folder = None if checkpoints is None else Path(checkpoints) / point.key
     result = train(
