@@ -34,7 +34,8 @@ a bfloat16 base model (``--dtype bfloat16``: AMX CPUs multiply it several times 
 ``bench/bf16_cpu.py``) for the best batch/lr pairs; runs that can no longer be the fastest are cut at
 ``--search-prune`` × the fastest so far. The fastest configurations then run on the other
 seeds; the fastest that certifies on every seed is the robust choice, used for
-``memlaw-fast``. Warm-up is not searched (``memlaw train`` has no warm-up option). memlaw
+``memlaw-fast``. A linear lr warm-up (``memlaw train --warmup-steps``) over
+``--search-warmups`` epochs is tried for the best pairs too. memlaw
 checks certification at every step from the training forward pass, so the check interval is
 studied where a check costs a pass of its own: a plain PEFT loop with the baselines' recipe,
 checked every epoch and continued until every interval of ``--search-check-every`` has found
@@ -921,11 +922,24 @@ class _TimeCap(Exception):
 
 
 def search_run(
-    base, tokenizer, encoded, *, rank, batch, lr, seed, cap, anneal, max_epochs, dtype="float32"
+    base,
+    tokenizer,
+    encoded,
+    *,
+    rank,
+    batch,
+    lr,
+    seed,
+    cap,
+    anneal,
+    max_epochs,
+    dtype="float32",
+    warmup_epochs=0,
 ) -> dict:
     """One memlaw.train.train run as ``memlaw train`` makes it (method memft; ``anneal``: the
-    anneal patience, 0 for a constant rate), no final probe; seconds from the call (base-loss
-    pass, LoRA, fast path's cache and check, training, confirm passes) to the certified stop."""
+    anneal patience, 0 for a constant rate; ``warmup_epochs``: a linear lr warm-up over that
+    many epochs' steps), no final probe; seconds from the call (base-loss pass, LoRA, fast
+    path's cache and check, training, confirm passes) to the certified stop."""
     import copy
     import gc
 
@@ -940,6 +954,7 @@ def search_run(
         seed=seed,
         epochs=max_epochs,
         anneal_patience=anneal or None,
+        lr_warmup_steps=warmup_steps(warmup_epochs, batch, len(encoded)),
     )
     phases = Phases()
     tick = time.perf_counter()
@@ -949,6 +964,7 @@ def search_run(
             raise _TimeCap(entry)
 
     row = {"batch_size": batch, "lr": lr, "rank": rank, "anneal": anneal, "dtype": dtype}
+    row |= {"warmup_epochs": warmup_epochs, "warmup_steps": config.lr_warmup_steps}
     row["seed"] = seed
     row["cap_seconds"] = cap if cap and math.isfinite(cap) else None
     with timed(memlaw_train, "teacher_forced", phases, "base_loss", "checks"):
@@ -999,9 +1015,25 @@ def reusable(row: dict, cap: float | None) -> bool:
     return (row.get("cap_seconds") or math.inf) >= cap - 1e-6
 
 
+def warmup_steps(epochs: int, batch: int, items: int) -> int:
+    """The optimizer steps of ``epochs`` epochs at ``batch`` items per step (0: the whole set).
+
+    >>> warmup_steps(3, 16, 100), warmup_steps(3, 0, 100), warmup_steps(0, 4, 100)
+    (21, 3, 0)
+    """
+    return epochs * (math.ceil(items / batch) if batch else 1)
+
+
 def recipe_args(config: dict, default_patience: int) -> str:
-    """``memlaw train`` options for a searched configuration."""
+    """``memlaw train`` options for a searched configuration.
+
+    >>> config = {"batch_size": 16, "lr": 0.03, "rank": 2, "anneal": 10, "warmup_steps": 21}
+    >>> recipe_args(config, 10)
+    '--batch-size 16 --lr 0.03 --rank 2 --warmup-steps 21'
+    """
     args = f"--batch-size {config['batch_size']} --lr {config['lr']:g} --rank {config['rank']}"
+    if config.get("warmup_steps"):
+        args += f" --warmup-steps {config['warmup_steps']}"
     if config["anneal"] != default_patience:
         args += f" --anneal-patience {config['anneal']}"
     if config.get("dtype", "float32") != "float32":
@@ -1029,19 +1061,23 @@ def search_task(task: dict, args, journal: Journal) -> dict:
     multipliers = _ints(args.search_rank_multipliers)
     schedules = {"anneal": patience, "constant": 0}
     wanted = [schedules[x.strip()] for x in args.search_schedules.split(",") if x.strip()]
+    warmups = [0, *(w for w in _ints(args.search_warmups) if w)]  # epochs; stage 1: none
     rows: list[dict] = []
     best: list[float] = []
 
     def key(row: dict) -> tuple:
-        return row["batch_size"], row["lr"], row["rank"], row["anneal"], row["dtype"]
+        key = row["batch_size"], row["lr"], row["rank"], row["anneal"], row["dtype"]
+        return (*key, row.get("warmup_epochs", 0))
 
-    def run(batch, lr, rank, anneal, dtype, seed, prune=True) -> dict:
+    def run(batch, lr, rank, anneal, dtype, seed, prune=True, warmup=0) -> dict:
         cap = args.search_cap
         if prune and best and args.search_prune:
             cap = min(cap or math.inf, args.search_prune * min(best))  # cannot be the fastest
         spec = {"task": task["key"], "data": task["data"], "length": task["length"], "batch": batch,
                 "lr": lr, "rank": rank, "anneal": anneal, "dtype": dtype, "seed": seed,
                 "max_epochs": args.search_max_epochs}  # fmt: skip
+        if warmup:  # (runs journalled before warm-up was searched had none)
+            spec["warmup_epochs"] = warmup
         row = journal.get("search", spec, usable=lambda r: reusable(r, cap))
         reused = row is not None
         if row is None:
@@ -1050,6 +1086,7 @@ def search_task(task: dict, args, journal: Journal) -> dict:
             row = search_run(
                 bases[dtype], tokenizer, encoded, rank=rank, batch=batch, lr=lr, seed=seed,
                 cap=cap, anneal=anneal, max_epochs=args.search_max_epochs, dtype=dtype,
+                warmup_epochs=warmup,
             )  # fmt: skip
             row = journal.put("search", spec, row)
         rows.append(row)
@@ -1057,7 +1094,9 @@ def search_task(task: dict, args, journal: Journal) -> dict:
             best.append(row["seconds"])
         print(
             f"search {task['key']} batch {batch or 'full'} lr {lr:g} rank {rank} anneal "
-            f"{anneal or 'off'} {dtype} seed {seed}: {row['stop']} after {row.get('epochs')} epochs, "
+            f"{anneal or 'off'} {dtype}"
+            + (f" warm-up {warmup}" if warmup else "")
+            + f" seed {seed}: {row['stop']} after {row.get('epochs')} epochs, "
             f"{row['seconds']:.1f} s" + (" (journal)" if reused else ""),
             flush=True,
         )
@@ -1084,10 +1123,14 @@ def search_task(task: dict, args, journal: Journal) -> dict:
             run(top["batch_size"], top["lr"], task["rank"], anneal, dtypes[0], first)
         for dtype in dtypes[1:]:
             run(top["batch_size"], top["lr"], task["rank"], wanted[0], dtype, first)
+        for warmup in warmups[1:]:
+            run(top["batch_size"], top["lr"], task["rank"], wanted[0], dtypes[0], first,
+                warmup=warmup)  # fmt: skip
     # stage 3: the fastest configurations on the other seeds, unpruned (robustness)
     for config in fastest(args.search_finalists):
+        *setting, warmup = key(config)
         for seed in seeds[1:]:
-            run(*key(config), seed, prune=False)
+            run(*setting, seed, prune=False, warmup=warmup)
     configs = []
     for k in dict.fromkeys(key(r) for r in rows):
         runs = [r for r in rows if key(r) == k]
@@ -1098,6 +1141,8 @@ def search_task(task: dict, args, journal: Journal) -> dict:
                 "rank": k[2],
                 "anneal": k[3],
                 "dtype": k[4],
+                "warmup_epochs": k[5],
+                "warmup_steps": runs[0].get("warmup_steps", 0),
                 "seeds_run": len(runs),
                 "seeds_certified": sum(r["certified"] for r in runs),
                 "robust": len(runs) == len(seeds) and all(r["certified"] for r in runs),
@@ -1119,8 +1164,9 @@ def search_task(task: dict, args, journal: Journal) -> dict:
         "configs": configs,
         "winner": winner,
         "recipe": recipe_args(winner, patience) if winner else None,
-        "note": "schedules: memlaw train's anneal on plateau or a constant rate; warm-up is not "
-        "searched (memlaw train has no warm-up option)",
+        "note": "schedules: memlaw train's anneal on plateau or a constant rate; a linear lr "
+        "warm-up (memlaw train --warmup-steps) over --search-warmups epochs is tried for the "
+        "best batch/lr pairs",
     }
     intervals = tuple(_ints(args.search_check_every))
     if intervals:
@@ -1296,6 +1342,8 @@ def print_search(key: str, search: dict) -> None:
     for c in sorted(search["configs"], key=lambda c: (not c["robust"], _median(c["seconds"]))):
         mark = " **(chosen)**" if c == winner else ""
         schedule = f"anneal ({c['anneal']})" if c["anneal"] else "constant"
+        if c.get("warmup_epochs"):
+            schedule += f", warm-up {c['warmup_epochs']} ep"
         print(
             f"| {c['batch_size'] or 'full'} | {c['lr']:g} | {schedule} | {c['rank']}{mark} "
             f"| {c.get('dtype', 'float32')} | {c['seeds_certified']}/{c['seeds_run']} "
@@ -1496,6 +1544,11 @@ def main(argv: list[str] | None = None) -> None:
         "--search-schedules",
         default="anneal,constant",
         help="memlaw train's anneal on plateau and/or a constant rate (the first: stage 1)",
+    )
+    parser.add_argument(
+        "--search-warmups",
+        default="3",
+        help="lr warm-up lengths (epochs) tried for the best batch/lr pairs; empty: none",
     )
     parser.add_argument(
         "--search-dtypes",

@@ -45,6 +45,7 @@ def test_time_to_recall_bench_runs_every_contender(tmp_path):
         *("--search-rank-multipliers", "1,2", "--search-max-epochs", "4"),
         *("--search-check-every", "1,2", "--search-cap", "30"),
         *("--search-dtypes", "bfloat16,float32"),  # stage 1 in bfloat16: its path is exercised
+        *("--search-warmups", "1"),
         *("--workdir", str(tmp_path / "work"), "--out", str(out)),
     ]
     done = subprocess.run(command, capture_output=True, text=True, timeout=3600)
@@ -84,6 +85,11 @@ def test_time_to_recall_bench_runs_every_contender(tmp_path):
         named = "--dtype bfloat16" in search["recipe"]
         assert named == (search["winner"]["dtype"] == "bfloat16")
     assert [r["every"] for r in search["check_interval"]["rows"]] == [1, 2]
+    for config in search["configs"]:  # warm-up only for the best pairs, after stage 1
+        assert config["warmup_epochs"] in (0, 1)
+        assert config["warmup_steps"] == config["warmup_epochs"] * (
+            3 if config["batch_size"] == 1 else 1
+        )
     assert runs["memlaw-fast"]["command"][-6:] == "--batch-size 0 --lr 0.05 --rank 8".split()
     assert runs["memlaw-fast"]["rank"] == 8 and runs["memlaw-fast"]["batch_size"] == 3
     for row in task["summary"]:
@@ -287,3 +293,16 @@ def test_memft_at_capacity_audit_resumes_the_sweeps_own_run(tmp_path):
     # the same run: the sweep's point and the resumed audit end at the same loss
     assert abs(record["final_loss"] - swept) <= 1e-4 * abs(swept)
     assert not Path(audit["adapter"] + ".checkpoint").exists()  # cleaned up once saved
+
+
+def test_bench_doctests():
+    """The bench scripts' docstring examples hold (pytest collects only tests/ and src/)."""
+    import doctest
+    import importlib.util
+
+    for name in ("time_to_recall", "memft_at_capacity"):
+        loaded = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
+        module = importlib.util.module_from_spec(loaded)
+        loaded.loader.exec_module(module)
+        result = doctest.testmod(module)
+        assert result.failed == 0 and (result.attempted > 0 or name != "time_to_recall"), name

@@ -120,3 +120,27 @@ def test_memlaw_train_checkpoint_on_the_command_line(tmp_path, capsys, monkeypat
     code, _, err = memlaw(capsys, monkeypatch, *args, "--out", tmp_path / "run2",
                           "--checkpoint", tmp_path / "file")  # fmt: skip
     assert code == 2 and err.startswith("error: --checkpoint") and len(err.splitlines()) == 1
+
+
+def test_a_run_killed_during_its_lr_warm_up_resumes_with_the_same_losses(tmp_path):
+    reference = run("sft", lr_warmup_steps=20)
+    assert reference.log[0].loss == run("sft").log[0].loss  # the first loss precedes any update
+    assert [e.loss for e in reference.log] != [e.loss for e in run("sft").log]
+    folder = tmp_path / "run"
+    with pytest.raises(Killed):  # killed in epoch 6 (steps 16-18), saved at epoch 4 (step 12)
+        run("sft", folder, kill_at=16, lr_warmup_steps=20)
+    resumed = run("sft", folder, lr_warmup_steps=20)
+    assert [e.loss for e in resumed.log] == [e.loss for e in reference.log]
+
+
+def test_settings_added_later_keep_older_checkpoints_valid():
+    """A checkpoint's fingerprint, pinned: a new TrainConfig field must leave it unchanged at
+    the value that trains as before (checkpoint.LATER_DEFAULTS), or every run in flight (a
+    sweep's, a bench's) would be refused and start again."""
+    from types import SimpleNamespace
+
+    items = [SimpleNamespace(input_ids=[1, 2, 3], target_ids=[3])]
+    fingerprint = checkpoint_module.run_fingerprint
+    pinned = "8e5a7bcfb4a959563429bbb59a68c9ff167ff9d965f4bbc5168ae0979799b924"
+    assert fingerprint(TrainConfig(), LoraSpec(rank=2), items) == pinned
+    assert fingerprint(TrainConfig(lr_warmup_steps=3), LoraSpec(rank=2), items) != pinned

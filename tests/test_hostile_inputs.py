@@ -241,6 +241,7 @@ NUMBERS = [
     ("train-epochs-zero", f"{TRAIN} --epochs 0", "--epochs must be a positive integer", {}),
     ("train-batch-negative", f"{TRAIN} --batch-size -1", "--batch-size must be an integer ≥ 0", {}),
     ("train-warmup-negative", f"{TRAIN} --sft-warmup-steps -1", "--sft-warmup-steps must be", {}),
+    ("train-lr-warmup-negative", f"{TRAIN} --warmup-steps -1", "--warmup-steps must be", {}),
     ("train-length-zero", f"{TRAIN} --length 0", "--length must be a positive integer", {}),
     ("train-seed-negative", f"{TRAIN} --seed -1", "--seed must be an integer ≥ 0", {}),
     ("train-data-seed-negative", f"{TRAIN} --data-seed -1", "--data-seed must be", {}),

@@ -263,3 +263,14 @@ def test_variants_normalized_by_all_supervised_tokens(method, runs, loss):
     assert loss(nll, nll > 0).item() == pytest.approx(
         (2.0 if method == "memft-ot-all" else 2.3) / 3
     )
+
+
+def test_lr_warm_up_raises_the_rate_linearly_then_hands_it_to_the_anneal():
+    warming = run(steps=2, stop_when_certified=False, lr=0.01, lr_warmup_steps=4)
+    assert warming.config["final_lr"] == pytest.approx(0.01 * 2 / 4)
+    warmed = run(steps=6, stop_when_certified=False, lr=0.01, lr_warmup_steps=4)
+    assert warmed.config["final_lr"] == pytest.approx(0.01)
+    plain = run(steps=6, stop_when_certified=False, lr=0.01)
+    assert [e.loss for e in warmed.log][1:] != [e.loss for e in plain.log][1:]
+    with pytest.raises(MemlawError, match="lr warm-up"):
+        TrainConfig(lr_warmup_steps=-1).validate()

@@ -33,6 +33,9 @@ from memlaw.atomic import atomic_write_dir, atomic_write_json
 from memlaw.errors import MemlawError
 
 FORMAT = "memlaw.checkpoint/1"
+# Training settings added after checkpoints existed, at the value that leaves a run as it was:
+# left out of the fingerprint there, so an older run's checkpoint still continues.
+LATER_DEFAULTS = {"lr_warmup_steps": 0}
 
 
 @dataclass
@@ -63,7 +66,8 @@ def run_fingerprint(config: Any, lora: Any, encoded: list[Any], model: Any = Non
     digest = hashlib.sha256()
     base = {} if model is None else model.config.to_dict()
     base.pop("_name_or_path", None)
-    record = [asdict(config), asdict(lora), base]
+    settings = {k: v for k, v in asdict(config).items() if LATER_DEFAULTS.get(k, object()) != v}
+    record = [settings, asdict(lora), base]
     digest.update(json.dumps(record, sort_keys=True, default=str).encode())
     for item in encoded:
         digest.update(json.dumps([list(item.input_ids), list(item.target_ids)]).encode())

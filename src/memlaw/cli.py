@@ -400,6 +400,9 @@ class TrainingOptions:
     )
     batch_size: int | None = option(BatchSizeOption)
     anneal_patience: int = option(AnnealOption)
+    lr_warmup_steps: int = option(
+        0, "--warmup-steps", help="Raise the rate linearly from lr/N to lr over the first N steps."
+    )
     grad_clip: float = option(1.0, "--grad-clip", help="Gradient norm clipping.")
     seed: int = option(0, "--seed", help="Seed: same seed, same losses.")
     tau: float = option(TauOption)
@@ -443,6 +446,7 @@ class TrainingOptions:
         if self.train_tau is not None:
             check_number(self.train_tau, "--train-tau", low=self.tau, high=1, high_open=True)
         check_integer(self.sft_warmup_steps, "--sft-warmup-steps", low=0)
+        check_integer(self.lr_warmup_steps, "--warmup-steps", low=0)
         check_number(self.position_decay, "--position-decay", low=0, optional=True)
         if self.fallback not in ("skip", "mean"):
             raise MemlawError(f"--fallback must be skip or mean, got '{self.fallback}'")

@@ -78,6 +78,9 @@ class TrainConfig:
     # a 1% better loss, down to lr × anneal_floor; a plateau there ends the run (_Stopper).
     anneal_patience: int | None = None
     anneal_floor: float = 1 / 8
+    # Linear learning-rate warm-up over the first optimizer steps (lr × k / lr_warmup_steps at
+    # step k); the anneal acts on the rate from then on. 0: none (the default recipe).
+    lr_warmup_steps: int = 0
 
     def validate(self) -> None:
         objectives.check_settings(self.method, objectives.Settings.of(self))
@@ -105,6 +108,8 @@ class TrainConfig:
             raise MemlawError(f"anneal floor must be within (0, 1], got {self.anneal_floor}")
         if self.sft_warmup_steps < 0:
             raise MemlawError(f"SFT warm-up steps must be 0 or more, got {self.sft_warmup_steps}")
+        if self.lr_warmup_steps < 0:
+            raise MemlawError(f"lr warm-up steps must be 0 or more, got {self.lr_warmup_steps}")
 
 
 @dataclass
@@ -225,6 +230,9 @@ def train(
             token_probabilities.append(_probabilities(batch_items, nll, mask))
         sft_now = step < config.sft_warmup_steps
         taken = step_state.objective_step(batch_items, nll, mask, losses.wrong, sft_now)
+        if step < config.lr_warmup_steps:  # set from the step alone, so a resumed run agrees
+            for group in optimizer.param_groups:
+                group["lr"] = config.lr * (step + 1) / config.lr_warmup_steps
         grad_norm = None if taken.skipped else _update(optimizer, params, taken.loss, config)
         entry = _step_entry(step, epoch, plain, taken, losses, above, item_certified, grad_norm)
         entry.seconds = time.perf_counter() - tick
