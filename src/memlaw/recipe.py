@@ -1,7 +1,8 @@
 """The default training recipe: learning rate, batch size and epoch cap for a memory set.
 
-Measured by ``bench/time_to_recall.py`` (docs/benchmarks.md, "Recipe search"): on PB1000
-(100 phone numbers, ℓ ≈ 1000), rank 4 on the MLP of layer 20 of SmolLM2-135M, whole-set
+Measured in a one-seed pilot (the full search, ``bench/time_to_recall.py --search``, is still
+to run; docs/benchmarks.md, "Time to certified recall"): on PB1000 (100 phone numbers,
+ℓ ≈ 1000), rank 4 on the MLP of layer 20 of SmolLM2-135M, whole-set
 batches are the slowest way to certified recall (1 update per epoch: after 76 epochs, 309 s,
 the loss was still 1.66 nats and nothing was certified), while batches of 16 certify in about
 60 epochs. Small batches cost more per token (fixed costs per step), large ones give too few
