@@ -187,6 +187,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--epochs and --workers must be positive, --long-epochs 0 or more")
     if args.efficiency and not args.efficiency_ranks:
         parser.error("--efficiency needs --efficiency-ranks")
+    source = args.audit_resume_from
+    if source is not None and not (source / "state.json").is_file():
+        parser.error(f"--audit-resume-from {source}: no checkpoint there (no state.json)")
     return args
 
 
@@ -504,8 +507,9 @@ def run_audit(args) -> dict:
         config, lora = point_run(spec, point, model, len(encoded), baseline)
         checkpoint = folder.with_name(folder.name + ".checkpoint")
         source = args.audit_resume_from
-        if source is not None and not (checkpoint / "state.json").is_file():
-            shutil.copytree(source, checkpoint, dirs_exist_ok=True)
+        if source is not None:  # (a killed audit continues its own copy of it)
+            if not (checkpoint / "state.json").is_file():
+                shutil.copytree(source, checkpoint, dirs_exist_ok=True)
             resumed_from = str(source)
         result = train(model, tokenizer, encoded, lora, config, checkpoint=checkpoint)
         extra = {"model": spec.model, "data": f"{spec.data} generator, ℓ {length}"}

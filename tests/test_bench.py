@@ -293,6 +293,14 @@ def test_memft_at_capacity_audit_resumes_the_sweeps_own_run(tmp_path):
     # the same run: the sweep's point and the resumed audit end at the same loss
     assert abs(record["final_loss"] - swept) <= 1e-4 * abs(swept)
     assert not Path(audit["adapter"] + ".checkpoint").exists()  # cleaned up once saved
+    missing = subprocess.run(
+        [*command[:-2], "--audit-resume-from", str(tmp_path / "none"), "--out-dir", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert missing.returncode == 2 and "no checkpoint there" in missing.stderr
+    assert "Traceback" not in missing.stderr
 
 
 def test_bench_doctests():
