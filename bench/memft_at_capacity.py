@@ -478,9 +478,10 @@ def run_audit(args) -> dict:
     the same point (the same run: its fingerprint is checked), so the audit need not train SFT
     at capacity a second time."""
     import shutil
+    from functools import partial
 
     from memlaw.adapters import load_adapter
-    from memlaw.atomic import atomic_write_json, remove_stale_staging
+    from memlaw.atomic import atomic_write_dir, atomic_write_json, remove_stale_staging
     from memlaw.audit import audit
     from memlaw.models import load_model
     from memlaw.sweep import SweepPoint, baseline_for, memory_set_for, point_run
@@ -508,8 +509,9 @@ def run_audit(args) -> dict:
         checkpoint = folder.with_name(folder.name + ".checkpoint")
         source = args.audit_resume_from
         if source is not None:  # (a killed audit continues its own copy of it)
-            if not (checkpoint / "state.json").is_file():
-                shutil.copytree(source, checkpoint, dirs_exist_ok=True)
+            if not (checkpoint / "state.json").is_file():  # whole or not at all
+                copy = partial(shutil.copytree, source, dirs_exist_ok=True)
+                atomic_write_dir(checkpoint, copy, overwrite=True)
             resumed_from = str(source)
         result = train(model, tokenizer, encoded, lora, config, checkpoint=checkpoint)
         extra = {"model": spec.model, "data": f"{spec.data} generator, ℓ {length}"}

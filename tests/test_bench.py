@@ -8,6 +8,23 @@ from pathlib import Path
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 
 
+def run_bench(command: list[str], timeout: int = 600) -> subprocess.CompletedProcess:
+    """Run a bench script to its end; it must succeed."""
+    done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    return done
+
+
+def load_bench(name: str):
+    """A bench script as a module (bench/ is not a package)."""
+    import importlib.util
+
+    loaded = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
+    module = importlib.util.module_from_spec(loaded)
+    loaded.loader.exec_module(module)
+    return module
+
+
 def test_memft_vs_sft_bench_runs_and_summarizes(tmp_path):
     out = tmp_path / "memft.json"
     command = [
@@ -48,8 +65,7 @@ def test_time_to_recall_bench_runs_every_contender(tmp_path):
         *("--search-warmups", "1"),
         *("--workdir", str(tmp_path / "work"), "--out", str(out)),
     ]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=3600)
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    done = run_bench(command, timeout=3600)
     report = json.loads(out.read_text())
     (task,) = report["tasks"]
     assert task["items"] == 3 and task["length_tokens"] == 30
@@ -98,8 +114,7 @@ def test_time_to_recall_bench_runs_every_contender(tmp_path):
     assert "Recipe search, pb" in done.stdout
     assert report["journal"]["runs_reused"] == 0
     # a rerun (a new session) takes every finished run from the journal and runs none again
-    again = subprocess.run(command, capture_output=True, text=True, timeout=600)
-    assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
+    again = run_bench(command)
     rerun = json.loads(out.read_text())
     searched = len(search["runs"]) + 1  # + the check-interval study's one seed
     assert rerun["journal"]["runs_reused"] == searched + len(contenders)
@@ -131,8 +146,7 @@ def test_memft_at_capacity_bench_runs_reports_and_resumes(tmp_path):
         *("--efficiency-ranks", "1,2", "--long-context-file", str(long_text)),
         *("--long-context-length", "16", "--workers", "1", "--out-dir", str(out)),
     ]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    done = run_bench(command)
     assert "estimated wall time" in done.stdout
     report = json.loads((out / "memft_at_capacity.json").read_text())
     assert [(r["regime"], r["epoch_cap"]) for r in report["regimes"]] == [("1:16", 2), ("1:16", 3)]
@@ -173,8 +187,7 @@ def test_memft_at_capacity_bench_runs_reports_and_resumes(tmp_path):
 
     before = snapshot()
     assert sum(len(rows) for rows in before.values()) == 4 + 4 + 4 + 4  # efficiency shares 4
-    again = subprocess.run(command, capture_output=True, text=True, timeout=600)
-    assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
+    again = run_bench(command)
     assert snapshot() == before
     assert "0 points run" in again.stdout and "for 0 points still to run" in again.stdout
     second = json.loads((out / "memft_at_capacity.json").read_text())
@@ -186,11 +199,8 @@ def test_memft_at_capacity_verdict_rule_and_smallest_rank():
     """The verdict needs 3 seeds and separated intervals or one direction on every seed; the
     smallest certifying rank needs every seed certified, and says when a rank is pending."""
     import argparse
-    import importlib.util
 
-    loaded = importlib.util.spec_from_file_location("capacity", BENCH / "memft_at_capacity.py")
-    bench = importlib.util.module_from_spec(loaded)
-    loaded.loader.exec_module(bench)
+    bench = load_bench("memft_at_capacity")
 
     def rows(*shares, method="m", rank=1, length=100):
         return [
@@ -251,16 +261,13 @@ def test_memft_at_capacity_audit_resumes_the_sweeps_own_run(tmp_path):
     """--audit-resume-from: the audit continues the sweep point's checkpoint (the same run, its
     fingerprint checked) instead of training SFT again, and ends where the sweep point ended."""
     import argparse
-    import importlib.util
     import sqlite3
 
     from memlaw.models import load_model
     from memlaw.sweep import SweepPoint, baseline_for, memory_set_for, point_run
     from memlaw.train import train
 
-    loaded = importlib.util.spec_from_file_location("capacity", BENCH / "memft_at_capacity.py")
-    bench = importlib.util.module_from_spec(loaded)
-    loaded.loader.exec_module(bench)
+    bench = load_bench("memft_at_capacity")
     args = argparse.Namespace(model="tiny", seeds=(1,), device="cpu", dtype="float32")
     spec = bench.make_spec(args, ranks=(1,), lengths=(64,), methods=("sft",), epochs=12)
     model, tokenizer = load_model("tiny")
@@ -282,8 +289,7 @@ def test_memft_at_capacity_audit_resumes_the_sweeps_own_run(tmp_path):
         *("--audit-seed", "1", "--audit-resume-from", str(kept), "--workers", "1"),
         *("--out-dir", str(out)),
     ]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    run_bench(command)
     audit = json.loads((out / "memft_at_capacity.json").read_text())["audit"]
     assert audit["seed"] == 1 and audit["resumed_from"] == str(kept) and audit["trained_now"]
     assert audit["adapter"].endswith("-s1")
@@ -306,11 +312,7 @@ def test_memft_at_capacity_audit_resumes_the_sweeps_own_run(tmp_path):
 def test_bench_doctests():
     """The bench scripts' docstring examples hold (pytest collects only tests/ and src/)."""
     import doctest
-    import importlib.util
 
     for name in ("time_to_recall", "memft_at_capacity"):
-        loaded = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
-        module = importlib.util.module_from_spec(loaded)
-        loaded.loader.exec_module(module)
-        result = doctest.testmod(module)
+        result = doctest.testmod(load_bench(name))
         assert result.failed == 0 and (result.attempted > 0 or name != "time_to_recall"), name
