@@ -476,7 +476,8 @@ def run_audit(args) -> dict:
     without one is audited). The run checkpoints beside the adapter, so a killed audit resumes;
     ``--audit-resume-from`` seeds that checkpoint with the at-capacity sweep's own checkpoint of
     the same point (the same run: its fingerprint is checked), so the audit need not train SFT
-    at capacity a second time."""
+    at capacity a second time. Cheaper still: when the at-capacity database kept that point's
+    adapter (sweeps keep every point's final adapter), the audit takes it and trains nothing."""
     import shutil
     from functools import partial
 
@@ -484,7 +485,7 @@ def run_audit(args) -> dict:
     from memlaw.atomic import atomic_write_dir, atomic_write_json, remove_stale_staging
     from memlaw.audit import audit
     from memlaw.models import load_model
-    from memlaw.sweep import SweepPoint, baseline_for, memory_set_for, point_run
+    from memlaw.sweep import SweepPoint, SweepStore, baseline_for, memory_set_for, point_run
     from memlaw.train import save_run, train
 
     folder = audit_dir(args)
@@ -499,12 +500,22 @@ def run_audit(args) -> dict:
     encoded = memory_set_for(spec, length, tokenizer)
     remove_stale_staging(folder)
     resumed_from = None
+    point = SweepPoint(rank=rank, length=length, layers=1, method="sft", seed=seed)
+    db = db_path(args, "phonebook", args.epochs)
+    explicit = args.audit_resume_from is not None  # an explicit checkpoint to continue wins
+    if not (folder / "adapter_config.json").is_file() and db.is_file() and not explicit:
+        store = SweepStore(db)
+        try:
+            if any(r["has_adapter"] for r in store.rows(key=point.key)):
+                store.export_adapter(point.key, folder, overwrite=True)
+                resumed_from = f"{db}#{point.key}"  # the sweep's own adapter: nothing trained
+        finally:
+            store.close()
     if (folder / "adapter_config.json").is_file():
         target = load_adapter(model, folder, model_name=spec.model)
         trained_now = False
     else:
         baseline = baseline_for(spec, encoded, tokenizer)
-        point = SweepPoint(rank=rank, length=length, layers=1, method="sft", seed=seed)
         config, lora = point_run(spec, point, model, len(encoded), baseline)
         checkpoint = folder.with_name(folder.name + ".checkpoint")
         source = args.audit_resume_from
@@ -537,10 +548,31 @@ def run_audit(args) -> dict:
     return payload
 
 
+BUDGET_FIELDS = (
+    "stop_reason",
+    "steps",
+    "final_loss",
+    "certified_share",
+    "exact_match",
+    "token_certified_share",
+    "train_seconds",
+)
+
+
 def training_budget(record: dict) -> dict:
     """From an SFT run's log: the share of supervised token-steps already above p = 0.5 while
     it trained (SFT's budget spent on memorized tokens), overall, per epoch and at the end."""
     log = record.get("log") or []
+    if not log and record.get("token_steps"):  # a sweep's adapter: its run's counters only
+        total, active = record["token_steps"], record["active_token_steps"]
+        return {
+            **{name: record.get(name) for name in BUDGET_FIELDS},
+            "epochs": record.get("epochs"),
+            "token_steps": int(total),
+            "above_share_over_training": 1 - active / total,
+            "above_share_last_epoch": None,
+            "above_share_per_epoch": [],
+        }
     per_epoch: dict[int, list[float]] = {}
     for entry in log:
         weight = max(entry.get("tokens", 0), 1)
@@ -550,20 +582,52 @@ def training_budget(record: dict) -> dict:
     curve = [round(a / w, 4) for a, w in per_epoch.values()]
     tokens = sum(w for _, w in per_epoch.values())
     return {
-        "stop_reason": record.get("stop_reason"),
-        "steps": record.get("steps"),
+        **{name: record.get(name) for name in BUDGET_FIELDS},
         "epochs": len(per_epoch),
-        "final_loss": record.get("final_loss"),
-        "certified_share": record.get("certified_share"),
-        "exact_match": record.get("exact_match"),
-        "token_certified_share": record.get("token_certified_share"),
-        "train_seconds": record.get("train_seconds"),
         "token_steps": int(tokens),
         "above_share_over_training": (
             sum(a for a, _ in per_epoch.values()) / tokens if tokens else None
         ),
         "above_share_last_epoch": curve[-1] if curve else None,
         "above_share_per_epoch": curve,
+    }
+
+
+def sweep_mechanism(rows: list[dict], *, rank: int, length: int, epochs: int) -> dict | None:
+    """The mechanism from the at-capacity sweep's own SFT runs, every seed, no model needed:
+    the share of SFT's token-steps that went to tokens already above p = 0.5 over the whole
+    run (from the run's counters: SFT trains every token, and counts those below the boundary),
+    and at its end the share of tokens above, of SFT's loss on them (exact) and of its gradient
+    (bounds), from the stored per-token probabilities (``memlaw.audit.budget_from_probabilities``)."""
+    from memlaw.audit import budget_from_probabilities
+
+    seeds = []
+    for row in rows:
+        record = row.get("record") or {}
+        if (row["method"], row["rank"], row["length"], row["layers"]) != ("sft", rank, length, 1):
+            continue
+        if not record.get("probabilities"):
+            continue
+        total, active = record.get("token_steps"), record.get("active_token_steps")
+        end = budget_from_probabilities(record["probabilities"])
+        seeds.append(
+            {
+                "seed": row["seed"],
+                "epochs": row["epochs"],
+                "stop_reason": row["stop_reason"],
+                "token_steps_above_over_training": 1 - active / total if total else None,
+                **{f"end_{name}": value for name, value in end._asdict().items()},
+            }
+        )
+    if not seeds:
+        return None
+    names = [k for k in seeds[0] if k not in ("seed", "epochs", "stop_reason", "end_tokens")]
+    return {
+        "rank": rank,
+        "length": length,
+        "epoch_cap": epochs,
+        "seeds": sorted(seeds, key=lambda s: s["seed"]),
+        **{name: spread([s[name] for s in seeds]) for name in names},
     }
 
 
@@ -767,6 +831,13 @@ def build_report(args, started: float, estimate_now: dict, runs: list[dict]) -> 
         efficiency = efficiency_summary(load_rows(db_path(args, "phonebook", args.epochs)), args)
     audit_file = audit_dir(args) / "audit.json"
     audit = json.loads(audit_file.read_text()) if audit_file.is_file() else None
+    rank, length = args.regime[0]
+    mechanism = sweep_mechanism(
+        load_rows(db_path(args, "phonebook", args.epochs)),
+        rank=rank,
+        length=length,
+        epochs=args.epochs,
+    )
     previous = read_previous(args.out_dir / f"{NAME}.json")
     history = [h for h in previous.get("history", []) if h.get("started") != args.started_at]
     history += [
@@ -812,6 +883,7 @@ def build_report(args, started: float, estimate_now: dict, runs: list[dict]) -> 
         "long_context": long_context,
         "efficiency": efficiency,
         "audit": audit,
+        "mechanism": mechanism,
         "figure": None,
     }
 
@@ -888,7 +960,7 @@ def audit_table(payload: dict) -> str:
     return "\n".join(
         [
             f"\n### The mechanism: SFT's budget at rank {payload['rank']}, ℓ {payload['length']} "
-            f"(seed 0, {t['epochs']} epochs, {t['stop_reason']})\n",
+            f"(seed {payload['seed']}, {t['epochs']} epochs, {t['stop_reason']})\n",
             "| measure | value |",
             "|---|---|",
             f"| tokens already above p = 0.5 (end) | {pct(a['above_share'])} |",
@@ -898,6 +970,34 @@ def audit_table(payload: dict) -> str:
             f"| certified share / exact match | {a['certified_share']:.2f} / "
             f"{(a['exact_match'] or 0):.2f} |",
             f"| stubborn tokens | {a['stubborn_tokens']} |",
+        ]
+    )
+
+
+def mechanism_table(mechanism: dict) -> str:
+    pct = "{:.1%}".format
+
+    def cells(name: str) -> str:
+        return " | ".join(pct(s[name]) if s[name] is not None else "–" for s in mechanism["seeds"])
+
+    seeds = mechanism["seeds"]
+    header = " | ".join(f"seed {s['seed']} ({s['epochs']} ep, {s['stop_reason']})" for s in seeds)
+    return "\n".join(
+        [
+            f"\n### The mechanism in the sweep's SFT runs: rank {mechanism['rank']}, "
+            f"ℓ {mechanism['length']}, cap {mechanism['epoch_cap']} epochs\n",
+            f"| measure | {header} |",
+            "|---|" + "---|" * len(seeds),
+            f"| token-steps on tokens above p = 0.5, whole run | "
+            f"{cells('token_steps_above_over_training')} |",
+            f"| tokens above p = 0.5 (end) | {cells('end_above_share')} |",
+            f"| SFT loss on them (end) | {cells('end_loss_mass_above')} |",
+            "| SFT gradient on them (end, bounds) | "
+            + " | ".join(
+                f"{pct(s['end_gradient_mass_above_low'])}–{pct(s['end_gradient_mass_above_high'])}"
+                for s in seeds
+            )
+            + " |",
         ]
     )
 
@@ -944,6 +1044,8 @@ def print_tables(report: dict) -> None:
         print(efficiency_table(report["efficiency"]))
     if report["audit"]:
         print(audit_table(report["audit"]))
+    if report["mechanism"]:
+        print(mechanism_table(report["mechanism"]))
     recorded = report["point_seconds_recorded"]
     print(f"\nworker time recorded in the databases: {recorded / 3600:.2f} h ({recorded:.0f} s)")
 

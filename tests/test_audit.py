@@ -121,3 +121,28 @@ def test_audit_reuses_one_pass_matches_probe_and_quotes_the_law(tmp_path, capsys
     other.write_text(json.dumps(law.to_dict() | {"metadata": {"model": "smollm2-135m"}}))
     code, out, err = memlaw(capsys, monkeypatch, *args[:-1], other, "-a", tmp_path / "run")
     assert code == 2 and "fitted for model smollm2-135m, not tiny" in err
+
+
+def test_the_budget_from_probabilities_alone_brackets_the_models_audit():
+    """Without the model: the share of tokens and of loss above τ are the audit's own, and the
+    audit's gradient share lies inside the bounds."""
+    from memlaw.audit import budget_from_probabilities
+    from memlaw.probe import probe
+
+    model, tokenizer = load_model("tiny")
+    encoded = encode_items(generate_phonebook(4, seed=1), tokenizer)
+    run = train(
+        model, tokenizer, encoded, LoraSpec(rank=8), TrainConfig(steps=12), final_probe=False
+    )
+    report = audit(run.model, tokenizer, encoded)
+    probabilities = [
+        p for item in probe(run.model, tokenizer, encoded).items for p in item.probabilities
+    ]
+    budget = budget_from_probabilities(probabilities)
+    assert 0 < report.above_share < 1  # a mixed state, so the bounds are not trivial
+    assert budget.tokens == report.tokens
+    assert budget.above_share == pytest.approx(report.above_share)
+    assert budget.loss_mass_above == pytest.approx(report.loss_mass_above, rel=1e-4)
+    low, high = budget.gradient_mass_above_low, budget.gradient_mass_above_high
+    assert low - 1e-6 <= report.gradient_mass_above <= high + 1e-6
+    assert high - low < 0.5

@@ -134,6 +134,8 @@ def test_memft_at_capacity_bench_runs_reports_and_resumes(tmp_path):
     point again and leaves every database as it was."""
     import sqlite3
 
+    from memlaw.sweep import SweepStore
+
     long_text = tmp_path / "lc.jsonl"
     matching = "memory is what the adapter keeps, token after token, " * 3
     long_text.write_text(json.dumps({"question": "Repeat:", "matching": matching}) + "\n")
@@ -170,10 +172,22 @@ def test_memft_at_capacity_bench_runs_reports_and_resumes(tmp_path):
     for found in efficiency["smallest_certifying_rank"]["16"].values():
         assert found["status"] in ("measured", "none of the ranks")
         assert found["rank"] in (1, 2, None)
-    audit = report["audit"]
-    assert audit["rank"] == 1 and audit["length"] == 16 and audit["trained_now"]
+    audit = report["audit"]  # on the sweep's own stored adapter of SFT seed 0: nothing trained
+    assert audit["rank"] == 1 and audit["length"] == 16 and not audit["trained_now"]
+    assert audit["resumed_from"].endswith("memft_at_capacity-phonebook-e2.db#r1-l16-n1-sft-s0")
     assert 0 <= audit["audit"]["gradient_mass_above"] <= 1
-    assert audit["training"]["above_share_per_epoch"]
+    assert 0 <= audit["training"]["above_share_over_training"] <= 1
+    (sft_seed0,) = SweepStore(out / "memft_at_capacity-phonebook-e2.db").rows(
+        key="r1-l16-n1-sft-s0"
+    )
+    assert audit["training"]["certified_share"] == sft_seed0["certified_share"]
+    mechanism = report["mechanism"]  # every SFT seed of the regime, from the sweep alone
+    assert [s["seed"] for s in mechanism["seeds"]] == [0, 1]
+    for seed in mechanism["seeds"]:
+        assert 0 <= seed["token_steps_above_over_training"] <= 1
+        low, high = seed["end_gradient_mass_above_low"], seed["end_gradient_mass_above_high"]
+        assert 0 <= low <= high <= 1
+    assert "The mechanism in the sweep's SFT runs" in done.stdout
     assert (out / "memft_at_capacity.png").is_file()
     assert "| sft | 2 |" in done.stdout and "Parameter efficiency" in done.stdout
 

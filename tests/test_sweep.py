@@ -208,3 +208,70 @@ def test_a_point_continues_from_its_checkpoint_and_the_folder_goes_with_its_row(
     assert store.checkpoints == tmp_path / "s.db.checkpoints"
     run_sweep(spec, store, LocalExecutor(workers=1), progress=False)
     assert store.checkpoints.is_dir() and not (store.checkpoints / point.key).exists()
+
+
+def test_every_point_keeps_its_adapter_and_exports_it_as_a_peft_folder(
+    tmp_path, capsys, monkeypatch
+):
+    """A point's row keeps its final adapter; written out, it loads with PEFT and memlaw, and
+    on the point's own memory set it gives the row's final loss: it is that run's adapter."""
+    import json
+
+    from peft import PeftModel
+
+    from memlaw.adapters import load_adapter
+    from memlaw.models import load_model
+    from memlaw.probe import mean_target_loss, teacher_forced
+    from memlaw.sweep import memory_set_for
+    from tests.test_cli import memlaw
+
+    spec = tiny_spec(ranks=(2,), lengths=(32,), max_steps=12)
+    store = SweepStore(tmp_path / "s.db", spec)
+    run_sweep(spec, store, LocalExecutor(workers=1), progress=False)
+    (row,) = store.rows()
+    assert row["has_adapter"] and "adapter" not in row  # rows stay light; the blob stays put
+    out = store.export_adapter(row["key"], tmp_path / "adapter")
+    assert sorted(p.name for p in out.iterdir()) == [
+        "adapter_config.json",
+        "adapter_model.safetensors",
+        "record.json",
+    ]
+    record = json.loads((out / "record.json").read_text())
+    assert record["model"] == "tiny" and record["sweep"]["key"] == row["key"]
+    assert record["certified_share"] == row["certified_share"]
+    model, tokenizer = load_model("tiny")
+    encoded = memory_set_for(spec, 32, tokenizer)
+    adapted = load_adapter(model, out, model_name="tiny")
+    loss = mean_target_loss(teacher_forced(adapted, encoded, tokenizer.pad_token_id))
+    assert loss == pytest.approx(row["final_loss"], rel=1e-5)
+    assert row["final_loss"] < row["base_loss"]  # trained, so the match says something
+    plain = PeftModel.from_pretrained(load_model("tiny")[0], out)
+    assert plain.peft_config["default"].r == 2
+
+    # the same from the CLI, and its refusals: one line, exit 2, nothing written
+    code, printed, _ = memlaw(capsys, monkeypatch, "export-adapter", "--db", tmp_path / "s.db",
+                              "--point", row["key"], "--out", tmp_path / "cli")  # fmt: skip
+    assert code == 0 and (tmp_path / "cli" / "adapter_model.safetensors").is_file()
+    for point, target, message in [
+        ("r9-l32-n1-sft-s0", tmp_path / "x", "has no finished point 'r9-l32-n1-sft-s0'"),
+        (row["key"], tmp_path / "cli", "already exists"),
+    ]:
+        code, _, err = memlaw(capsys, monkeypatch, "export-adapter", "--db", tmp_path / "s.db",
+                              "--point", point, "--out", target)  # fmt: skip
+        assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "x").exists()
+
+
+def test_a_point_from_before_sweeps_kept_adapters_says_so(tmp_path):
+    """A store written before the adapter column: it gains the column, and its old rows say
+    plainly that they have no adapter."""
+    spec = tiny_spec(ranks=(1,), lengths=(8,), max_steps=2)
+    store = SweepStore(tmp_path / "s.db", spec)
+    run_sweep(spec, store, LocalExecutor(workers=1), progress=False)
+    store.connection.execute("UPDATE points SET adapter = NULL")
+    store.connection.commit()
+    (row,) = store.rows()
+    assert not row["has_adapter"]
+    with pytest.raises(MemlawError, match="no stored adapter"):
+        store.export_adapter(row["key"], tmp_path / "out")
+    assert not (tmp_path / "out").exists()

@@ -182,6 +182,51 @@ def check_lora_fits(model: nn.Module, spec: LoraSpec, device: str | torch.device
 
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
+ADAPTER_CONFIG = "adapter_config.json"
+# The safetensors metadata key that carries adapter_config.json inside an adapter blob.
+_CONFIG_METADATA = "peft_adapter_config"
+
+
+def adapter_blob(model: nn.Module) -> bytes:
+    """A PEFT model's adapter as one safetensors blob, its ``adapter_config.json`` carried in the
+    file's metadata: one value to keep in a database row (a sweep point keeps its adapter so).
+
+    >>> from memlaw.models import load_model
+    >>> model, _ = load_model("tiny")
+    >>> blob = adapter_blob(attach_lora(model, LoraSpec(rank=2, layers=(1,), modules="mlp")))
+    >>> blob[8:9], len(blob) < 20_000
+    (b'{', True)
+    """
+    import tempfile
+
+    from safetensors.torch import load_file, save
+
+    with tempfile.TemporaryDirectory() as staging:
+        model.save_pretrained(staging, safe_serialization=True)
+        config = (Path(staging) / ADAPTER_CONFIG).read_text(encoding="utf-8")
+        weights = load_file(str(Path(staging) / ADAPTER_WEIGHTS))
+    return save(weights, metadata={"format": "pt", _CONFIG_METADATA: config})
+
+
+def write_adapter_blob(blob: bytes, folder: str | Path) -> None:
+    """Write an :func:`adapter_blob` into ``folder`` as a PEFT adapter's two files, loadable
+    with ``PeftModel.from_pretrained`` (the caller makes ``folder`` atomic)."""
+    from safetensors import SafetensorError, safe_open
+
+    weights = Path(folder) / ADAPTER_WEIGHTS
+    weights.write_bytes(blob)
+    try:
+        with safe_open(str(weights), framework="pt") as opened:
+            config = (opened.metadata() or {}).get(_CONFIG_METADATA)
+    except SafetensorError as exc:
+        raise MemlawError(
+            f"a stored adapter is not a safetensors blob ({first_line(exc)})"
+        ) from None
+    if config is None:
+        raise MemlawError(
+            "a stored adapter carries no adapter_config.json: it is not a memlaw blob"
+        )
+    (Path(folder) / ADAPTER_CONFIG).write_text(config, encoding="utf-8")
 
 
 def load_adapter(
@@ -238,7 +283,7 @@ def check_adapter_files(adapter_dir: str | Path) -> tuple[dict, dict]:
 
 def _adapter_config(folder: Path) -> dict:
     """adapter_config.json, parsed, with a LoRA rank and a finite alpha."""
-    path = folder / "adapter_config.json"
+    path = folder / ADAPTER_CONFIG
     if not path.is_file():
         raise MemlawError(f"'{folder}' is not a PEFT adapter folder (no adapter_config.json)")
     try:

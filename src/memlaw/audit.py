@@ -14,6 +14,8 @@ share of the loss and gradient mass lands on them is budget that does not move r
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import NamedTuple
 
@@ -135,4 +137,48 @@ def audit(
         exact_match=report.exact_match,
         stubborn_tokens=len(report.stubborn),
         recommendation=advice,
+    )
+
+
+class ProbabilityBudget(NamedTuple):
+    """Where SFT's budget goes, from the target tokens' probabilities alone: the share of
+    tokens above τ, of SFT's loss on them (exact), and bounds on the share of its gradient."""
+
+    tokens: int
+    above_share: float
+    loss_mass_above: float
+    gradient_mass_above_low: float
+    gradient_mass_above_high: float
+
+
+def budget_from_probabilities(
+    probabilities: Sequence[float], tau: float = DEFAULT_TAU
+) -> ProbabilityBudget:
+    """The budget audit without a model: from each target token's probability p (a probe's,
+    or a sweep row's ``probabilities``). SFT's loss on a token is −ln p, so its share is exact;
+    the norm of its logit gradient ‖softmax − onehot‖ lies between 1 − p and √2 (1 − p)
+    whatever the other probabilities are, so its share on the tokens above τ is bounded.
+
+    >>> budget = budget_from_probabilities([0.99, 0.9, 0.6, 0.3])
+    >>> budget.above_share, round(budget.loss_mass_above, 3)
+    (0.75, 0.342)
+    >>> round(budget.gradient_mass_above_low, 3), round(budget.gradient_mass_above_high, 3)
+    (0.34, 0.507)
+    """
+    above = [min(max(p, 0.0), 1.0) for p in probabilities if p > tau]
+    below = [min(max(p, 0.0), 1.0) for p in probabilities if p <= tau]
+    loss_above = sum(-math.log(p) for p in above)
+    loss = loss_above + sum(-math.log(max(p, 1e-45)) for p in below)
+    gap_above, gap_below = sum(1 - p for p in above), sum(1 - p for p in below)
+    root2 = math.sqrt(2)
+
+    def share(part: float, rest: float) -> float:
+        return part / (part + rest) if part + rest > 0 else 0.0
+
+    return ProbabilityBudget(
+        tokens=len(above) + len(below),
+        above_share=len(above) / max(len(above) + len(below), 1),
+        loss_mass_above=share(loss_above, loss - loss_above),
+        gradient_mass_above_low=share(gap_above, root2 * gap_below),
+        gradient_mass_above_high=share(root2 * gap_above, gap_below),
     )

@@ -1241,6 +1241,31 @@ def report_command(
         console.print(f"its law: {law_path_for(path)}", markup=False)
 
 
+@app.command("export-adapter")
+def export_adapter_command(
+    db: Path = DbOption,
+    point: str = typer.Option(
+        ..., "--point", help="Key of the sweep point, e.g. r1-l2000-n1-sft-s0."
+    ),
+    out: Path = typer.Option(..., "--out", "-o", help="The adapter folder to write."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out."),
+) -> None:
+    """Write one sweep point's final adapter as a PEFT folder (safetensors), to probe or audit.
+
+    Example: memlaw export-adapter --db sweep.db --point r1-l64-n1-sft-s0 --out r1-adapter
+    """
+    from memlaw.atomic import check_writable
+    from memlaw.sweep import SweepStore
+
+    check_writable(out, "--out", folder=True, overwrite=overwrite)
+    store = SweepStore(db)
+    try:
+        path = store.export_adapter(point, out, overwrite=overwrite)
+    finally:
+        store.close()
+    console.print(f"adapter: {path}", markup=False)
+
+
 def main() -> None:
     """Entry point: every expected failure ends as one line ``error: ...`` on stderr and exit
     code 2; an unexpected one is a bug and keeps its traceback."""

@@ -256,6 +256,7 @@ def run_point(spec: SweepSpec, point: SweepPoint, checkpoints: str | Path | None
     ``checkpoints``: a folder where the point keeps its run's checkpoint
     (``<checkpoints>/<key>``, every :data:`CHECKPOINT_EPOCHS` epochs), so a killed sweep
     continues the point where it was instead of starting it again."""
+    from memlaw.adapters import adapter_blob
     from memlaw.information import memorized_bits
     from memlaw.models import load_model
     from memlaw.train import epoch_summaries, train
@@ -299,6 +300,7 @@ def run_point(spec: SweepSpec, point: SweepPoint, checkpoints: str | Path | None
         "memorized_bits": bits,
         "epochs": result.log[-1].epoch if result.log else 0,
         "token_certified_share": record["token_certified_share"],
+        "adapter": adapter_blob(result.model),
         "record": {
             "config": record["config"],
             "losses": [entry["loss"] for entry in record["log"]],
@@ -373,6 +375,8 @@ LATER_COLUMNS = (
     "memorized_bits REAL",
     "epochs INTEGER",
     "token_certified_share REAL",
+    # the point's final adapter (memlaw.adapters.adapter_blob): SweepStore.export_adapter
+    "adapter BLOB",
 )
 
 
@@ -473,32 +477,84 @@ class SweepStore:
         """Write one finished point in one transaction (a repeat of a key is ignored)."""
         values = {**row, "record": json.dumps(row["record"]), "finished_at": time.time()}
         names = [c.split()[0] for c in (*COLUMNS.split(", "), *LATER_COLUMNS)]
+        later = {c.split()[0] for c in LATER_COLUMNS}  # a row from an older store lacks them
         with self.connection:
             self.connection.execute(
                 f"INSERT OR IGNORE INTO points ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})",
-                [values[name] for name in names],
+                [values.get(name) if name in later else values[name] for name in names],
             )
 
-    def rows(self, with_record: bool = False) -> list[dict]:
+    def rows(self, with_record: bool = False, key: str | None = None) -> list[dict]:
         """Every finished point, its record parsed only ``with_record``. ``items``: the number
         of items the run trained on, read from the record inside SQLite (None where the record
-        does not say), so a fit counts items without parsing every run's record."""
+        does not say), so a fit counts items without parsing every run's record. The adapter
+        itself stays in the store (``has_adapter`` says whether there is one; see
+        :meth:`export_adapter`). ``key``: only that point."""
+        present = [r[1] for r in self.connection.execute("PRAGMA table_info(points)")]
+        columns = ", ".join(name for name in present if name != "adapter")
+        has_adapter = "adapter IS NOT NULL" if "adapter" in present else "0"
         cursor = self.connection.execute(
-            "SELECT *, CASE WHEN json_valid(record) THEN json_extract(record, '$.config.items')"
-            " END AS items FROM points ORDER BY layers, method, seed, length, rank"
+            f"SELECT {columns}, {has_adapter} AS has_adapter, CASE WHEN json_valid(record) THEN"
+            " json_extract(record, '$.config.items') END AS items"
+            f" FROM points {'WHERE key = ?' if key else ''} ORDER BY layers, method, seed, length,"
+            " rank",
+            (key,) if key else (),
         )
         names = [d[0] for d in cursor.description]
         rows = []
         for values in cursor.fetchall():
-            row = {c.split()[0]: None for c in LATER_COLUMNS} | dict(
+            row = {c.split()[0]: None for c in LATER_COLUMNS if c != "adapter BLOB"} | dict(
                 zip(names, values, strict=True)
             )
+            row["has_adapter"] = bool(row["has_adapter"])
             row["hit_cap"] = bool(row["hit_cap"])
             if not (isinstance(row["items"], int) and row["items"] > 0):
                 row["items"] = None
             row["record"] = json.loads(row["record"]) if with_record else None
             rows.append(row)
         return rows
+
+    def export_adapter(self, key: str, out_dir: str | Path, *, overwrite: bool = False) -> Path:
+        """Write point ``key``'s final adapter as a PEFT folder (``adapter_config.json``,
+        ``adapter_model.safetensors`` and memlaw's ``record.json`` naming the base model and the
+        point's results), atomically; loadable with ``memlaw.adapters.load_adapter`` or
+        ``PeftModel.from_pretrained``. Points run before sweeps kept adapters have none."""
+        from memlaw.adapters import write_adapter_blob
+        from memlaw.atomic import atomic_write_dir, atomic_write_json
+
+        present = {r[1] for r in self.connection.execute("PRAGMA table_info(points)")}
+        query = "SELECT adapter FROM points WHERE key = ?" if "adapter" in present else None
+        found = self.connection.execute(query, (key,)).fetchone() if query else None
+        if found is None and key not in self.finished_keys():
+            raise MemlawError(
+                f"'{self.path}' has no finished point '{key}': its keys look like "
+                f"{next(iter(sorted(self.finished_keys())), 'r1-l64-n1-sft-s0')}"
+            )
+        if found is None or found[0] is None:
+            raise MemlawError(
+                f"point '{key}' in '{self.path}' has no stored adapter (it ran before sweeps kept "
+                "their adapters): rerun it into a new --db to get one"
+            )
+        out = Path(out_dir)
+        if out.exists() and not overwrite:
+            raise MemlawError(f"'{out}' already exists: pick another folder or pass --overwrite")
+        (row,) = self.rows(with_record=True, key=key)
+        record = {
+            "model": self.spec().model,
+            "sweep": {"db": str(self.path), "key": key},
+            **{k: v for k, v in row.items() if k not in ("record", "has_adapter", "items")},
+            **{
+                name: row["record"].get(name)
+                for name in ("config", "token_steps", "active_token_steps")
+            },
+        }
+
+        def fill(staging: Path) -> None:
+            write_adapter_blob(found[0], staging)
+            atomic_write_json(staging / "record.json", record)
+
+        atomic_write_dir(out, fill, overwrite=overwrite)
+        return out
 
     def close(self) -> None:
         """Close; the last writer out folds the write-ahead log back into the file, so the
