@@ -160,6 +160,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="a checkpoint of the same SFT point (the sweep's, kept before it finished) to resume",
     )
+    parser.add_argument(
+        "--extend-from",
+        type=Path,
+        default=None,
+        help="kept checkpoints (<DIR>/<point key>/) of the first budget's capped points whose rows "
+        "predate stored final states: the long budget continues them instead of starting again",
+    )
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (own databases)")
@@ -185,6 +192,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--methods must include sft: every verdict is against it")
     if args.epochs <= 0 or args.long_epochs < 0 or args.workers <= 0:
         parser.error("--epochs and --workers must be positive, --long-epochs 0 or more")
+    if args.long_epochs and args.long_epochs <= args.epochs:
+        parser.error(f"--long-epochs must exceed --epochs ({args.epochs}), or be 0 to skip it")
     if args.efficiency and not args.efficiency_ranks:
         parser.error("--efficiency needs --efficiency-ranks")
     source = args.audit_resume_from
@@ -307,11 +316,30 @@ def likely_epochs(point, cap: int, capacity: bool | None) -> float:
     return cap * CAPACITY_EPOCH_SHARE if capacity else min(cap, BELOW_CAPACITY_EPOCHS)
 
 
+def carried_epochs(args, point, first: dict[str, dict]) -> int | None:
+    """What the long budget takes over from the first one for ``point`` (carry_long_budget):
+    None when its row is copied (it stopped before the first cap), the first cap's epochs when
+    it continues from a last state (a point still to run in the first budget will keep one),
+    else 0. At most: as if every point ran on to the longer cap."""
+    from memlaw.objectives import OBJECTIVES
+
+    if OBJECTIVES[point.method].curriculum:
+        return 0
+    row = first.get(point.key)
+    if row is None:
+        return args.epochs
+    if not row["hit_cap"]:
+        return None
+    kept = args.extend_from is not None and (args.extend_from / point.key / "state.json").is_file()
+    return row["epochs"] if row["has_final_state"] or kept else 0
+
+
 def estimate(args, jobs: list[dict]) -> dict:
     """Wall time of what is left: ~6 ms per answer token per epoch per worker, the points
     spread over the workers; the audit's one run on its own."""
     likely, at_most, points = {}, {}, 0
     planned: dict[Path, set[str]] = {}
+    first = {r["key"]: r for r in load_rows(db_path(args, "phonebook", args.epochs))}
     for job in jobs:
         done = planned.setdefault(job["db"], finished_keys(job["db"]))
         for source in same_settings_sources(job["spec"], args.reuse, job["db"]):
@@ -321,12 +349,14 @@ def estimate(args, jobs: list[dict]) -> dict:
             if point.key in done:
                 continue
             done.add(point.key)  # a cell shared by two jobs runs once
+            head_start = carried_epochs(args, point, first) if job["phase"] == "long" else 0
+            if head_start is None:  # copied from the first budget: nothing to run
+                continue
             points += 1
             seconds = MS_PER_TOKEN_EPOCH / 1000 * point.length / args.workers
-            likely[job["label"]] = likely.get(job["label"], 0.0) + seconds * likely_epochs(
-                point, cap, job["capacity"]
-            )
-            at_most[job["label"]] = at_most.get(job["label"], 0.0) + seconds * cap
+            epochs = max(likely_epochs(point, cap, job["capacity"]), head_start) - head_start
+            likely[job["label"]] = likely.get(job["label"], 0.0) + seconds * epochs
+            at_most[job["label"]] = at_most.get(job["label"], 0.0) + seconds * (cap - head_start)
     if args.audit and not (audit_dir(args) / "audit.json").is_file():
         rank, length = args.regime[0]
         seconds = MS_PER_TOKEN_EPOCH / 1000 * length
@@ -408,6 +438,31 @@ def reuse_points(spec, db: Path, sources: list[Path]) -> int:
     return copied
 
 
+def carry_long_budget(args, spec, db: Path) -> int:
+    """The long budget starts from the first one (``memlaw.sweep.carry_over``): a run that
+    stopped before the first cap is the same run under the longer one (copied), and a capped
+    run continues from its last state (the row's, else ``--extend-from``'s kept copy) instead of
+    training its first epochs again. Returns how many points were copied."""
+    from memlaw.sweep import SweepStore, carry_over
+
+    first = db_path(args, "phonebook", args.epochs)
+    if not first.is_file():
+        return 0
+    source, target = SweepStore(first), SweepStore(db, spec)
+    try:
+        counts = carry_over(source, target, kept=args.extend_from)
+    finally:
+        source.close()
+        target.close()
+    print(
+        f"from the {args.epochs}-epoch budget: {counts['copied']} points copied (stopped before "
+        f"its cap), {counts['continued']} continued from their last state, "
+        f"{counts['from_scratch']} from the start",
+        flush=True,
+    )
+    return counts["copied"]
+
+
 def search_methods(args, job: dict) -> tuple[str, ...]:
     """The methods an efficiency job still has to run: those that have not certified its
     length on every seed at a smaller rank (the rows in its database say)."""
@@ -446,6 +501,8 @@ def run_job(args, job: dict) -> dict:
             return {"total": 0, "skipped": 0, "done": 0}
         spec = replace(spec, methods=methods)
     copied = reuse_points(spec, db, args.reuse) if args.reuse else 0
+    if job["phase"] == "long":
+        copied += carry_long_budget(args, spec, db)
     if {p.key for p in spec.points()} - finished_keys(db):  # something left to run
         check_device(spec.device)
         check_sweep_fits(spec, memory_on=spec.device)

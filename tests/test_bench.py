@@ -190,6 +190,15 @@ def test_memft_at_capacity_bench_runs_reports_and_resumes(tmp_path):
     assert "The mechanism in the sweep's SFT runs" in done.stdout
     assert (out / "memft_at_capacity.png").is_file()
     assert "| sft | 2 |" in done.stdout and "Parameter efficiency" in done.stdout
+    # the 3-epoch budget carried the 2-epoch one over: each capped run went on from its last
+    # state (the same run: its first two epochs are the shorter run's), the others were copied
+    assert "from the 2-epoch budget:" in done.stdout
+    short = {r["key"]: r for r in SweepStore(out / "memft_at_capacity-phonebook-e2.db").rows(True)}
+    for row in SweepStore(out / "memft_at_capacity-phonebook-e3.db").rows(with_record=True):
+        first = short[row["key"]]
+        losses = row["record"]["losses"]
+        assert losses[: len(first["record"]["losses"])] == first["record"]["losses"]
+        assert ("carried_from" in row["record"]) == (not first["hit_cap"])
 
     def snapshot():
         tables = {}

@@ -198,16 +198,17 @@ def test_a_point_continues_from_its_checkpoint_and_the_folder_goes_with_its_row(
     point = spec.points()[0]
     fresh = run_point(spec, point)
     folder = tmp_path / "checkpoints"
-    first = run_point(spec, point, folder)  # leaves the checkpoint of its last tenth epoch
+    first = run_point(spec, point, folder)  # saves every tenth epoch, and the cap's
     state = json.loads((folder / point.key / "state.json").read_text())
-    assert state["log"][-1]["epoch"] == 2 * CHECKPOINT_EPOCHS
-    resumed = run_point(spec, point, folder)  # trains only the epochs after it
+    assert state["log"][-1]["epoch"] == 25 and 25 % CHECKPOINT_EPOCHS
+    assert first["final_state"] is not None  # a capped point keeps its last state in its row
+    resumed = run_point(spec, point, folder)  # from the cap's state: nothing left to train
     assert resumed["record"]["losses"] == first["record"]["losses"] == fresh["record"]["losses"]
     assert resumed["delta_loss"] == fresh["delta_loss"]
     store = SweepStore(tmp_path / "s.db", spec)
     assert store.checkpoints == tmp_path / "s.db.checkpoints"
     run_sweep(spec, store, LocalExecutor(workers=1), progress=False)
-    assert store.checkpoints.is_dir() and not (store.checkpoints / point.key).exists()
+    assert not store.checkpoints.exists()  # its folder went with its row, then the empty one
 
 
 def test_every_point_keeps_its_adapter_and_exports_it_as_a_peft_folder(
@@ -275,3 +276,92 @@ def test_a_point_from_before_sweeps_kept_adapters_says_so(tmp_path):
     with pytest.raises(MemlawError, match="no stored adapter"):
         store.export_adapter(row["key"], tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_a_longer_cap_carries_the_shorter_sweep_over_and_matches_a_fresh_one(tmp_path):
+    """carry_over: a point that stopped before the shorter cap is copied, a capped one
+    continues from its stored last state; the result is the longer sweep run from zero."""
+    from memlaw.sweep import carry_over
+
+    grid = dict(ranks=(1, 8), lengths=(8,), methods=("sft", "memft"), plateau_window=3,
+                batch_size=4, lr=0.05, plateau_on="delta_loss")  # fmt: skip
+    short, long = tiny_spec(max_epochs=8, **grid), tiny_spec(max_epochs=14, **grid)
+    source = SweepStore(tmp_path / "short.db", short)
+    run_sweep(short, source, LocalExecutor(workers=1), progress=False)
+    stops = {r["key"]: (r["stop_reason"], r["has_final_state"]) for r in source.rows()}
+    assert stops["r1-l8-n1-sft-s0"] == ("budget", True)  # capped: its last state is kept
+    assert stops["r8-l8-n1-sft-s0"] == ("certified", False)
+    target = SweepStore(tmp_path / "long.db", long)
+    assert carry_over(source, target) == {"copied": 2, "continued": 2, "from_scratch": 0}
+    assert carry_over(source, target)["continued"] == 2  # again: the seeded states are kept
+    run_sweep(long, target, LocalExecutor(workers=1), progress=False)
+    fresh = SweepStore(tmp_path / "fresh.db", long)
+    run_sweep(long, fresh, LocalExecutor(workers=1), progress=False)
+    carried = {r["key"]: r for r in target.rows(with_record=True)}
+    for row in fresh.rows(with_record=True):
+        mine = carried[row["key"]]
+        assert mine["record"]["losses"] == row["record"]["losses"], row["key"]
+        assert mine["final_loss"] == row["final_loss"] and mine["epochs"] == row["epochs"]
+        assert ("carried_from" in mine["record"]) == (row["stop_reason"] != "budget")
+    assert carried["r1-l8-n1-memft-s0"]["epochs"] == 14  # trained past the shorter cap
+
+    with pytest.raises(MemlawError, match="longer epoch cap"):
+        carry_over(target, SweepStore(tmp_path / "other.db", tiny_spec(max_epochs=20)))
+
+
+def test_extending_a_checkpoint_refuses_what_is_not_the_same_run(tmp_path):
+    from dataclasses import replace
+
+    from memlaw.adapters import LoraSpec
+    from memlaw.data import encode_items, generate_phonebook
+    from memlaw.models import load_model
+    from memlaw.train import TrainConfig, extend_checkpoint, train
+
+    model, tokenizer = load_model("tiny")
+    encoded = encode_items(generate_phonebook(3), tokenizer)
+    lora, config = LoraSpec(rank=2), TrainConfig(epochs=3, batch_size=2)
+    train(model, tokenizer, encoded, lora, config, checkpoint=tmp_path / "run", final_probe=False)
+    for longer, message in [
+        (replace(config, epochs=6, lr=0.1), r"\['lr'\] differ"),
+        (replace(config, epochs=2), "not longer"),
+        (replace(config, epochs=6, seed=1), "seed"),
+    ]:
+        with pytest.raises(MemlawError, match=message):
+            extend_checkpoint(tmp_path / "run", config, longer, lora, encoded, model)
+    curriculum = replace(config, method="memft-sw")
+    with pytest.raises(MemlawError, match="curriculum"):
+        extend_checkpoint(
+            tmp_path / "run", curriculum, replace(curriculum, epochs=6), lora, encoded, model
+        )
+    other = replace(config, batch_size=3)  # a config the checkpoint was not saved under
+    with pytest.raises(MemlawError, match="another run"):
+        extend_checkpoint(tmp_path / "run", other, replace(other, epochs=6), lora, encoded, model)
+    assert (
+        extend_checkpoint(tmp_path / "run", config, replace(config, epochs=6), lora, encoded, model)
+        == 3
+    )
+
+
+def test_memlaw_sweep_carry_from_a_shorter_cap(tmp_path, capsys, monkeypatch):
+    from tests.test_cli import memlaw
+
+    grid = ["--model", "tiny", "--ranks", "1", "--lengths", "8", "--workers", "1"]
+    first = tmp_path / "e2.db"
+    code, _, err = memlaw(capsys, monkeypatch, "sweep", *grid, "--max-epochs", "2", "--db", first)
+    assert code == 0, err
+    longer = tmp_path / "e4.db"
+    code, out, err = memlaw(capsys, monkeypatch, "sweep", *grid, "--max-epochs", "4",
+                            "--db", longer, "--carry-from", first)  # fmt: skip
+    assert code == 0, err
+    assert "1 continue from their last state" in " ".join(out.split())
+    (row,) = SweepStore(longer).rows(with_record=True)
+    (short,) = SweepStore(first).rows(with_record=True)
+    assert row["record"]["losses"][: len(short["record"]["losses"])] == short["record"]["losses"]
+    for extra, message in [
+        (["--max-epochs", "4", "--db", first, "--carry-from", first], "is the --carry-from input"),
+        (["--max-epochs", "4", "--lr", "0.1", "--db", tmp_path / "x.db", "--carry-from", first],
+         "longer epoch cap"),
+    ]:  # fmt: skip
+        code, _, err = memlaw(capsys, monkeypatch, "sweep", *grid, *extra)
+        assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "x.db").exists()  # refused before anything was written

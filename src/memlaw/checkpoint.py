@@ -36,6 +36,8 @@ FORMAT = "memlaw.checkpoint/1"
 # Training settings added after checkpoints existed, at the value that leaves a run as it was:
 # left out of the fingerprint there, so an older run's checkpoint still continues.
 LATER_DEFAULTS = {"lr_warmup_steps": 0}
+# The safetensors metadata key that carries state.json inside a checkpoint blob.
+_STATE_METADATA = "memlaw_state"
 
 
 @dataclass
@@ -157,3 +159,51 @@ def load_state(folder: str | Path, fingerprint: str, device: Any = "cpu") -> Run
         token_probabilities=record["token_probabilities"],
         seconds=float(record["seconds"]),
     )
+
+
+def restamp(folder: str | Path, old: str, new: str) -> int:
+    """Re-stamp the checkpoint in ``folder`` from fingerprint ``old`` to ``new`` (a caller that
+    has shown both are one run, as :func:`memlaw.train.extend_checkpoint` does); a checkpoint
+    without ``old`` is refused. Returns the checkpoint's epoch."""
+    folder = Path(folder)
+    try:
+        record = json.loads((folder / "state.json").read_text())
+    except (OSError, ValueError) as error:
+        raise MemlawError(f"no readable checkpoint in {folder} ({error})") from None
+    if record.get("format") != FORMAT or record.get("fingerprint") != old:
+        raise MemlawError(f"the checkpoint in {folder} belongs to another run (settings or data)")
+    record["fingerprint"] = new
+    atomic_write_json(folder / "state.json", record)
+    return record["log"][-1]["epoch"] if record["log"] else 0
+
+
+def state_blob(folder: str | Path) -> bytes:
+    """The checkpoint in ``folder`` as one compressed blob (its tensors, with ``state.json`` in
+    the safetensors metadata): one value to keep in a database row."""
+    import zlib
+
+    from safetensors.torch import save
+
+    folder = Path(folder)
+    tensors = load_file(str(folder / "tensors.safetensors"))
+    state = (folder / "state.json").read_text()
+    return zlib.compress(save(tensors, metadata={_STATE_METADATA: state}))
+
+
+def write_state_blob(blob: bytes, folder: str | Path) -> None:
+    """Write a :func:`state_blob` back as a checkpoint folder, atomically (replacing one)."""
+    import zlib
+
+    from safetensors import safe_open
+
+    def fill(staging: Path) -> None:
+        weights = staging / "tensors.safetensors"
+        try:
+            weights.write_bytes(zlib.decompress(blob))
+            with safe_open(str(weights), framework="pt") as opened:
+                state = (opened.metadata() or {})[_STATE_METADATA]
+        except (zlib.error, SafetensorError, KeyError) as error:
+            raise MemlawError(f"a stored checkpoint is not a memlaw state blob ({error})") from None
+        (staging / "state.json").write_text(state)
+
+    atomic_write_dir(folder, fill, overwrite=True)

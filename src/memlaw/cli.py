@@ -910,10 +910,18 @@ def sweep_command(
         "--fast-path/--reference-path",
         help="Cache the frozen layers below the adapter, or train every point on the plain PEFT forward.",
     ),
+    carry_from: Path = typer.Option(
+        None,
+        "--carry-from",
+        help="The same sweep under a smaller --max-epochs: copy its points that stopped before "
+        "that cap and continue its capped points from their last state.",
+    ),
 ) -> None:
     """Train a grid of points (rank × ℓ × layers × method × seed) into a resumable SQLite store.
 
     Example: memlaw sweep --model tiny --ranks 1,2,4 --lengths 32,64 --db tiny.db
+
+    A longer cap from a finished sweep: memlaw sweep ... --max-epochs 700 --db e700.db --carry-from e400.db
 
     On GPUs of a Ray cluster: memlaw sweep --device cuda --dtype bfloat16 --executor ray --address auto
     """
@@ -939,6 +947,8 @@ def sweep_command(
     )
     check_writable(db, "--db")
     _quiet_transformers()
+    if carry_from is not None:
+        _carry_over(carry_from, db, spec)
     store, summary = runner.run(db, spec)
     rows = store.rows()
     store.close()
@@ -946,6 +956,28 @@ def sweep_command(
     console.print(
         f"sweep: {summary['done']} points run, {summary['skipped']} already done, "
         f"{len(rows)} in {db}" + (f"; {capped} hit the step cap (not converged)" if capped else "")
+    )
+
+
+def _carry_over(source_db: Path, db: Path, spec) -> None:
+    from memlaw.sweep import SweepStore, carry_over, check_longer_cap
+
+    _check_not_an_input(db, "--db", {"--carry-from": source_db})
+    source = SweepStore(source_db)
+    try:
+        check_longer_cap(source.spec(), spec, source_db)
+        target = SweepStore(db, spec)
+        try:
+            counts = carry_over(source, target)
+        finally:
+            target.close()
+    finally:
+        source.close()
+    console.print(
+        f"from {source_db}: {counts['copied']} points copied (stopped before its cap), "
+        f"{counts['continued']} continue from their last state, {counts['from_scratch']} start "
+        "afresh",
+        markup=False,
     )
 
 

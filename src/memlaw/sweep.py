@@ -15,6 +15,7 @@ any moment loses nothing but the points in flight and duplicates nothing.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -257,6 +258,7 @@ def run_point(spec: SweepSpec, point: SweepPoint, checkpoints: str | Path | None
     (``<checkpoints>/<key>``, every :data:`CHECKPOINT_EPOCHS` epochs), so a killed sweep
     continues the point where it was instead of starting it again."""
     from memlaw.adapters import adapter_blob
+    from memlaw.checkpoint import state_blob
     from memlaw.information import memorized_bits
     from memlaw.models import load_model
     from memlaw.train import epoch_summaries, train
@@ -301,6 +303,12 @@ def run_point(spec: SweepSpec, point: SweepPoint, checkpoints: str | Path | None
         "epochs": result.log[-1].epoch if result.log else 0,
         "token_certified_share": record["token_certified_share"],
         "adapter": adapter_blob(result.model),
+        # a capped point's last checkpoint (at most CHECKPOINT_EPOCHS short of the cap)
+        "final_state": (
+            state_blob(folder)
+            if result.stop_reason == "budget" and folder and (folder / "state.json").is_file()
+            else None
+        ),
         "record": {
             "config": record["config"],
             "losses": [entry["loss"] for entry in record["log"]],
@@ -377,7 +385,11 @@ LATER_COLUMNS = (
     "token_certified_share REAL",
     # the point's final adapter (memlaw.adapters.adapter_blob): SweepStore.export_adapter
     "adapter BLOB",
+    # a capped point's last checkpoint (memlaw.checkpoint.state_blob): a longer cap continues it
+    "final_state BLOB",
 )
+# Columns that rows() leaves in the store (has_<name> says whether a row has one).
+BLOB_COLUMNS = ("adapter", "final_state")
 
 
 class SweepStore:
@@ -491,10 +503,13 @@ class SweepStore:
         itself stays in the store (``has_adapter`` says whether there is one; see
         :meth:`export_adapter`). ``key``: only that point."""
         present = [r[1] for r in self.connection.execute("PRAGMA table_info(points)")]
-        columns = ", ".join(name for name in present if name != "adapter")
-        has_adapter = "adapter IS NOT NULL" if "adapter" in present else "0"
+        columns = ", ".join(name for name in present if name not in BLOB_COLUMNS)
+        has = ", ".join(
+            f"{f'{name} IS NOT NULL' if name in present else '0'} AS has_{name}"
+            for name in BLOB_COLUMNS
+        )
         cursor = self.connection.execute(
-            f"SELECT {columns}, {has_adapter} AS has_adapter, CASE WHEN json_valid(record) THEN"
+            f"SELECT {columns}, {has}, CASE WHEN json_valid(record) THEN"
             " json_extract(record, '$.config.items') END AS items"
             f" FROM points {'WHERE key = ?' if key else ''} ORDER BY layers, method, seed, length,"
             " rank",
@@ -503,16 +518,31 @@ class SweepStore:
         names = [d[0] for d in cursor.description]
         rows = []
         for values in cursor.fetchall():
-            row = {c.split()[0]: None for c in LATER_COLUMNS if c != "adapter BLOB"} | dict(
+            later = (c.split()[0] for c in LATER_COLUMNS)
+            row = {name: None for name in later if name not in BLOB_COLUMNS} | dict(
                 zip(names, values, strict=True)
             )
-            row["has_adapter"] = bool(row["has_adapter"])
+            for name in BLOB_COLUMNS:
+                row[f"has_{name}"] = bool(row[f"has_{name}"])
             row["hit_cap"] = bool(row["hit_cap"])
             if not (isinstance(row["items"], int) and row["items"] > 0):
                 row["items"] = None
             row["record"] = json.loads(row["record"]) if with_record else None
             rows.append(row)
         return rows
+
+    def blob(self, key: str, column: str) -> bytes | None:
+        """Point ``key``'s value of a :data:`BLOB_COLUMNS` column (None: no such point, or a
+        point from before the store kept it)."""
+        if column not in BLOB_COLUMNS:
+            raise ValueError(f"{column} is not one of {BLOB_COLUMNS}")
+        present = {r[1] for r in self.connection.execute("PRAGMA table_info(points)")}
+        if column not in present:
+            return None
+        found = self.connection.execute(
+            f"SELECT {column} FROM points WHERE key = ?", (key,)
+        ).fetchone()
+        return None if found is None else found[0]
 
     def export_adapter(self, key: str, out_dir: str | Path, *, overwrite: bool = False) -> Path:
         """Write point ``key``'s final adapter as a PEFT folder (``adapter_config.json``,
@@ -522,15 +552,13 @@ class SweepStore:
         from memlaw.adapters import write_adapter_blob
         from memlaw.atomic import atomic_write_dir, atomic_write_json
 
-        present = {r[1] for r in self.connection.execute("PRAGMA table_info(points)")}
-        query = "SELECT adapter FROM points WHERE key = ?" if "adapter" in present else None
-        found = self.connection.execute(query, (key,)).fetchone() if query else None
+        found = self.blob(key, "adapter")
         if found is None and key not in self.finished_keys():
             raise MemlawError(
                 f"'{self.path}' has no finished point '{key}': its keys look like "
                 f"{next(iter(sorted(self.finished_keys())), 'r1-l64-n1-sft-s0')}"
             )
-        if found is None or found[0] is None:
+        if found is None:
             raise MemlawError(
                 f"point '{key}' in '{self.path}' has no stored adapter (it ran before sweeps kept "
                 "their adapters): rerun it into a new --db to get one"
@@ -542,7 +570,11 @@ class SweepStore:
         record = {
             "model": self.spec().model,
             "sweep": {"db": str(self.path), "key": key},
-            **{k: v for k, v in row.items() if k not in ("record", "has_adapter", "items")},
+            **{
+                k: v
+                for k, v in row.items()
+                if k not in ("record", "items") and not k.startswith("has_")
+            },
             **{
                 name: row["record"].get(name)
                 for name in ("config", "token_steps", "active_token_steps")
@@ -550,7 +582,7 @@ class SweepStore:
         }
 
         def fill(staging: Path) -> None:
-            write_adapter_blob(found[0], staging)
+            write_adapter_blob(found, staging)
             atomic_write_json(staging / "record.json", record)
 
         atomic_write_dir(out, fill, overwrite=overwrite)
@@ -746,8 +778,106 @@ def run_sweep(
     finally:
         if bar:
             bar.close()
+        folder = getattr(executor, "checkpoints", None)
+        if folder is not None and Path(folder).is_dir() and not any(Path(folder).iterdir()):
+            with contextlib.suppress(OSError):  # another sweep of the store may just start one
+                Path(folder).rmdir()  # no point in flight: leave nothing beside the database
     summary["seconds"] = time.perf_counter() - started
     return summary
+
+
+def check_longer_cap(shorter: SweepSpec, longer: SweepSpec, source: str | Path) -> None:
+    """Refuse, before anything is written, to carry ``source``'s sweep (``shorter``) over into
+    ``longer`` unless that is the same sweep under a larger ``max_epochs``."""
+    same = [
+        json.dumps(dict(s.shared_settings(), max_epochs=None), sort_keys=True)
+        for s in (shorter, longer)
+    ]
+    if same[0] != same[1] or not (shorter.max_epochs or 0) < (longer.max_epochs or 0):
+        raise MemlawError(
+            f"this sweep is not '{source}''s under a longer epoch cap "
+            f"({_difference(same[0], same[1]) or 'max_epochs is not larger'}): carry over only "
+            "the same settings with a larger --max-epochs"
+        )
+
+
+def carry_over(source: SweepStore, target: SweepStore, kept: str | Path | None = None) -> dict:
+    """Start a sweep under a longer epoch cap from the same sweep under a shorter one, instead
+    of from zero: ``target`` holds ``source``'s settings but a larger ``max_epochs``.
+
+    For each point of ``target`` still to run that ``source`` finished:
+
+    - stopped before the cap (plateau, certified recall, a non-finite loss): under the longer
+      cap the same run stops at the same epoch, so its row is copied (``record["carried_from"]``
+      says from where);
+    - stopped by the cap: its last checkpoint (the row's ``final_state``, else ``kept/<key>``, a
+      copy kept of the shorter sweep's checkpoint in flight) seeds the point's checkpoint in
+      ``target``, checked to be that very run (:func:`memlaw.train.extend_checkpoint`), so
+      the point trains only the epochs past it.
+
+    A method with a curriculum starts afresh (its schedule is laid out over the cap). Returns
+    how many points were copied, continued, and left to run from the start.
+    """
+    from memlaw.checkpoint import write_state_blob
+    from memlaw.models import load_model
+    from memlaw.objectives import OBJECTIVES
+    from memlaw.train import extend_checkpoint
+
+    shorter, longer = source.spec(), target.spec()
+    check_longer_cap(shorter, longer, source.path)
+    counts = {"copied": 0, "continued": 0, "from_scratch": 0}
+    finished = target.finished_keys()
+    rows = {row["key"]: row for row in source.rows(with_record=True)}
+    capped = []
+    for point in (p for p in longer.points() if p.key not in finished):
+        row = rows.get(point.key)
+        if row is None or OBJECTIVES[point.method].curriculum:
+            counts["from_scratch"] += 1
+        elif row["hit_cap"]:
+            capped.append(point)
+        else:
+            note = {"db": str(source.path), "max_epochs": shorter.max_epochs}
+            note["why"] = f"stopped ({row['stop_reason']}) at epoch {row['epochs']}, before the cap"
+            row["record"] = {**row["record"], "carried_from": note}
+            target.add(row | {name: source.blob(point.key, name) for name in BLOB_COLUMNS})
+            counts["copied"] += 1
+    if not capped:
+        return counts
+    model, tokenizer = load_model(longer.model, dtype=longer.dtype)
+    for point in capped:
+        folder = target.checkpoints / point.key
+        if (folder / "state.json").is_file():  # already continuing: leave it be
+            counts["continued"] += 1
+            continue
+        blob = source.blob(point.key, "final_state")
+        copy = None if kept is None else Path(kept) / point.key
+        if blob is not None:
+            write_state_blob(blob, folder)
+        elif copy is not None and (copy / "state.json").is_file():
+            from functools import partial
+
+            from memlaw.atomic import atomic_write_dir
+
+            atomic_write_dir(
+                folder, partial(shutil.copytree, copy, dirs_exist_ok=True), overwrite=True
+            )
+        else:
+            counts["from_scratch"] += 1
+            continue
+        encoded = memory_set_for(longer, point.length, tokenizer)
+        baseline = baseline_for(longer, encoded, tokenizer)
+        short_config, lora = point_run(shorter, point, model, len(encoded), baseline)
+        long_config, _ = point_run(longer, point, model, len(encoded), baseline)
+        try:
+            extend_checkpoint(folder, short_config, long_config, lora, encoded, model)
+        except MemlawError:
+            shutil.rmtree(folder, ignore_errors=True)
+            if blob is not None:  # the store's own state must be its run's: a real fault
+                raise
+            counts["from_scratch"] += 1  # a kept copy of some other run: not this point's
+            continue
+        counts["continued"] += 1
+    return counts
 
 
 class _SweepProgress:

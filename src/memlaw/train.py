@@ -28,7 +28,7 @@ import torch
 from memlaw import objectives
 from memlaw.adapters import LoraSpec, attach_lora, trainable_parameters
 from memlaw.atomic import atomic_write_dir, atomic_write_json
-from memlaw.checkpoint import RunState, load_state, run_fingerprint, save_state
+from memlaw.checkpoint import RunState, load_state, restamp, run_fingerprint, save_state
 from memlaw.data import EncodedItem, target_length
 from memlaw.errors import MemlawError
 from memlaw.forward import choose_forward
@@ -191,10 +191,7 @@ def train(
     """
     config.validate()
     requested = objectives.OBJECTIVES[config.method]
-    objective, settings = objectives.resolve(
-        config.method, objectives.Settings.of(config), sequences=len(encoded)
-    )
-    config = replace(config, method=objective.name, train_tau=settings.train_tau)
+    objective, settings, config = _resolved(config, len(encoded))
     pad = tokenizer.pad_token_id
     budget = _Budget.of(config, len(encoded))
     base_loss = mean_target_loss(teacher_forced(model, encoded, pad))
@@ -244,7 +241,9 @@ def train(
             break
         if budget.epoch_ends(step):
             seconds = time.perf_counter() - started
-            saver.epoch_done(epoch + 1, parts, last_good, log, token_probabilities, seconds)
+            # the cap's epoch is saved too: the same run under a longer cap continues from it
+            last = step + 1 == budget.total_steps
+            saver.epoch_done(epoch + 1, parts, last_good, log, token_probabilities, seconds, last)
 
     seconds = time.perf_counter() - started
     model.eval()
@@ -324,8 +323,10 @@ class _Checkpointer:
         probabilities = [tuple(entry) for entry in state.token_probabilities]
         return log, probabilities, state.last_good, state.seconds
 
-    def epoch_done(self, epoch: int, parts: _Parts, last_good, log, probabilities, seconds):
-        if self.folder is None or epoch % self.every:
+    def epoch_done(
+        self, epoch: int, parts: _Parts, last_good, log, probabilities, seconds, last=False
+    ):
+        if self.folder is None or (epoch % self.every and not last):
             return
         scheduler = parts.stopper.scheduler
         state = RunState(
@@ -581,6 +582,55 @@ class _Certificates:
         # not repeated at every following step
         self.now = [all(x < self.threshold for x in score.nll) for score in scores]
         return all(self.now)
+
+
+def _resolved(config: TrainConfig, sequences: int):
+    """The objective, its settings, and the config as the run uses it (aliases resolved)."""
+    objective, settings = objectives.resolve(
+        config.method, objectives.Settings.of(config), sequences=sequences
+    )
+    return objective, settings, replace(config, method=objective.name, train_tau=settings.train_tau)
+
+
+# Settings that only cap a run's length. Under a longer cap the same run goes through the very
+# same states up to the shorter cap (the order of the batches, the annealing and the stops are
+# decided epoch by epoch), unless its schedule is laid out over the cap: a curriculum.
+CAP_FIELDS = ("epochs", "steps")
+
+
+def extend_checkpoint(
+    folder: str | Path,
+    shorter: TrainConfig,
+    longer: TrainConfig,
+    lora: LoraSpec,
+    encoded: list[EncodedItem],
+    model,
+) -> int:
+    """Let the same run under a longer cap continue the checkpoint in ``folder``, saved by the
+    run under ``shorter``: ``longer`` differs from it only in a larger cap (:data:`CAP_FIELDS`),
+    so the checkpoint is also a state of the run under ``longer``, which then trains only the
+    epochs past it. ``model``: the base model. Returns the checkpoint's epoch. Refused: configs
+    that differ in more than their cap, a "longer" cap that is not longer, a curriculum (its
+    schedule is laid out over the cap), a checkpoint of another run."""
+    shared = [
+        {k: v for k, v in asdict(c).items() if k not in CAP_FIELDS} for c in (shorter, longer)
+    ]
+    if shared[0] != shared[1]:
+        changed = sorted(k for k in shared[0] if shared[0][k] != shared[1][k])
+        raise MemlawError(f"a longer cap continues only the same run, but {changed} differ")
+    short_cap = shorter.epochs if shorter.epochs is not None else shorter.steps
+    long_cap = longer.epochs if shorter.epochs is not None else longer.steps
+    if long_cap is None or short_cap is None or long_cap < short_cap:
+        raise MemlawError(f"the new cap ({long_cap}) is not longer than the run's ({short_cap})")
+    objective, _, short_resolved = _resolved(shorter, len(encoded))
+    if objective.curriculum:
+        raise MemlawError(
+            f"{shorter.method} lays its curriculum over the whole cap: under a longer cap it is "
+            "another run, which starts afresh"
+        )
+    long_resolved = _resolved(longer, len(encoded))[2]
+    old, new = (run_fingerprint(c, lora, encoded, model) for c in (short_resolved, long_resolved))
+    return restamp(folder, old, new)
 
 
 def save_run(
