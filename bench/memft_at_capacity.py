@@ -15,10 +15,14 @@ for every method. The parts, each resumable:
 
 - **At capacity** (``--regime RANK:LENGTH``, repeatable): every method × seed at each regime,
   with the ``--epochs`` cap (400) and again with ``--long-epochs`` (700; 0 skips it), the
-  longer schedule the paper gives MemFT-SW, given here to every method.
-- **The mechanism** (``--audit``): one SFT run at the first regime (seed 0, same recipe) saved
-  as an adapter, and ``memlaw.audit.audit`` on it: the share of SFT's loss and gradient that
-  goes to tokens already above p = 0.5, plus that share over training from the run's log.
+  longer schedule the paper gives MemFT-SW, given here to every method. The long pass starts
+  from the first (``memlaw.sweep.carry_over``): runs that stopped before the first cap are
+  copied, capped runs continue from their last state.
+- **The mechanism**: from every SFT seed of the first regime, out of the sweep's rows (the share
+  of SFT's token-steps on tokens already above p = 0.5; at the end, the share of its loss and,
+  bounded, of its gradient on them); and with ``--audit``, ``memlaw.audit.audit`` on one SFT
+  adapter at the first regime (``--audit-seed``): the sweep row's own adapter when it kept one,
+  else that very run trained again and saved.
 - **Long-Context** (``--long-context``): MemFT-SW's sliding window (``memft-sw`` on one
   sequence) against SFT on ``../shared/benchmarks/long_context/r100.jsonl`` truncated to
   ``--long-context-length`` tokens, rank 1.
@@ -52,9 +56,10 @@ Writes bench/results/memft_at_capacity.json (after every part) and memft_at_capa
 
 Estimated wall time at the defaults on two cores (2 workers of 1 thread, ~6 ms per answer token
 per epoch per worker for smollm2-135m; a point at capacity assumed to run 0.75 of its epoch cap,
-as the law sweep's ℓ 2000–4000 points ran 250–400 of 400, a point below capacity 100 epochs):
-at capacity 31 h (400 epochs) + 55 h (700 epochs), efficiency 23 h, Long-Context 0.8 h, audit 1 h:
-about 110 h; at most about 170 h if every point ran to its cap.
+as the law sweep's ℓ 2000–4000 points ran 250–400 of 400, a point below capacity 100 epochs,
+a point of the long pass only the epochs past the first cap): from nothing, about 39 h (at most
+76 h), of which 4.4 h for the 700-epoch pass (before the carry-over: about 18 h); what is left
+is printed first (2026-12-04: about 35 h, at most 68 h).
 """
 
 from __future__ import annotations
