@@ -59,7 +59,7 @@ per epoch per worker for smollm2-135m; a point at capacity assumed to run 0.75 o
 as the law sweep's ℓ 2000–4000 points ran 250–400 of 400, a point below capacity 100 epochs,
 a point of the long pass only the epochs past the first cap): from nothing, about 39 h (at most
 76 h), of which 4.4 h for the 700-epoch pass (before the carry-over: about 18 h); what is left
-is printed first (2026-12-04: about 35 h, at most 68 h).
+is printed first (end of 2026-12-04: about 34 h, at most 65 h).
 """
 
 from __future__ import annotations
