@@ -500,8 +500,9 @@ class SweepStore:
         """Every finished point, its record parsed only ``with_record``. ``items``: the number
         of items the run trained on, read from the record inside SQLite (None where the record
         does not say), so a fit counts items without parsing every run's record. The adapter
-        itself stays in the store (``has_adapter`` says whether there is one; see
-        :meth:`export_adapter`). ``key``: only that point."""
+        itself and a capped point's last state stay in the store (``has_adapter`` and
+        ``has_final_state`` say whether there is one; see :meth:`export_adapter` and
+        :func:`carry_over`). ``key``: only that point."""
         present = [r[1] for r in self.connection.execute("PRAGMA table_info(points)")]
         columns = ", ".join(name for name in present if name not in BLOB_COLUMNS)
         has = ", ".join(
