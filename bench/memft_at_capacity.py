@@ -448,17 +448,12 @@ def carry_long_budget(args, spec, db: Path) -> int:
     stopped before the first cap is the same run under the longer one (copied), and a capped
     run continues from its last state (the row's, else ``--extend-from``'s kept copy) instead of
     training its first epochs again. Returns how many points were copied."""
-    from memlaw.sweep import SweepStore, carry_over
+    from memlaw.sweep import carry_into
 
     first = db_path(args, "phonebook", args.epochs)
     if not first.is_file():
         return 0
-    source, target = SweepStore(first), SweepStore(db, spec)
-    try:
-        counts = carry_over(source, target, kept=args.extend_from)
-    finally:
-        source.close()
-        target.close()
+    counts = carry_into(db, spec, first, kept=args.extend_from)
     print(
         f"from the {args.epochs}-epoch budget: {counts['copied']} points copied (stopped before "
         f"its cap), {counts['continued']} continued from their last state, "
@@ -541,10 +536,9 @@ def run_audit(args) -> dict:
     at capacity a second time. Cheaper still: when the at-capacity database kept that point's
     adapter (sweeps keep every point's final adapter), the audit takes it and trains nothing."""
     import shutil
-    from functools import partial
 
     from memlaw.adapters import load_adapter
-    from memlaw.atomic import atomic_write_dir, atomic_write_json, remove_stale_staging
+    from memlaw.atomic import atomic_copy_dir, atomic_write_json, remove_stale_staging
     from memlaw.audit import audit
     from memlaw.models import load_model
     from memlaw.sweep import SweepPoint, SweepStore, baseline_for, memory_set_for, point_run
@@ -583,8 +577,7 @@ def run_audit(args) -> dict:
         source = args.audit_resume_from
         if source is not None:  # (a killed audit continues its own copy of it)
             if not (checkpoint / "state.json").is_file():  # whole or not at all
-                copy = partial(shutil.copytree, source, dirs_exist_ok=True)
-                atomic_write_dir(checkpoint, copy, overwrite=True)
+                atomic_copy_dir(source, checkpoint)
             resumed_from = str(source)
         result = train(model, tokenizer, encoded, lora, config, checkpoint=checkpoint)
         extra = {"model": spec.model, "data": f"{spec.data} generator, ℓ {length}"}
@@ -610,6 +603,14 @@ def run_audit(args) -> dict:
     return payload
 
 
+def above_share_from_counters(record: dict) -> float | None:
+    """SFT's share of token-steps on tokens already above p = 0.5 over a whole run, from a
+    sweep record's counters: SFT trains every supervised token, and counts those below the
+    boundary as active (None where the record predates the counters)."""
+    total, active = record.get("token_steps"), record.get("active_token_steps")
+    return 1 - active / total if total else None
+
+
 BUDGET_FIELDS = (
     "stop_reason",
     "steps",
@@ -626,12 +627,11 @@ def training_budget(record: dict) -> dict:
     it trained (SFT's budget spent on memorized tokens), overall, per epoch and at the end."""
     log = record.get("log") or []
     if not log and record.get("token_steps"):  # a sweep's adapter: its run's counters only
-        total, active = record["token_steps"], record["active_token_steps"]
         return {
             **{name: record.get(name) for name in BUDGET_FIELDS},
             "epochs": record.get("epochs"),
-            "token_steps": int(total),
-            "above_share_over_training": 1 - active / total,
+            "token_steps": int(record["token_steps"]),
+            "above_share_over_training": above_share_from_counters(record),
             "above_share_last_epoch": None,
             "above_share_per_epoch": [],
         }
@@ -670,14 +670,13 @@ def sweep_mechanism(rows: list[dict], *, rank: int, length: int, epochs: int) ->
             continue
         if not record.get("probabilities"):
             continue
-        total, active = record.get("token_steps"), record.get("active_token_steps")
         end = budget_from_probabilities(record["probabilities"])
         seeds.append(
             {
                 "seed": row["seed"],
                 "epochs": row["epochs"],
                 "stop_reason": row["stop_reason"],
-                "token_steps_above_over_training": 1 - active / total if total else None,
+                "token_steps_above_over_training": above_share_from_counters(record),
                 **{f"end_{name}": value for name, value in end._asdict().items()},
             }
         )
@@ -854,13 +853,17 @@ def efficiency_summary(rows, args) -> dict:
 
 
 def build_report(args, started: float, estimate_now: dict, runs: list[dict]) -> dict:
+    from functools import cache
+
     from memlaw.sweep import fingerprint
+
+    rows_of = cache(load_rows)  # each database read once, however many tables use it
 
     budgets = [args.epochs] + ([args.long_epochs] if args.long_epochs else [])
     regimes = []
     for epochs in budgets:
         db = db_path(args, "phonebook", epochs)
-        rows = load_rows(db)
+        rows = rows_of(db)
         for rank, length in args.regime:
             regimes.append(
                 regime_summary(
@@ -878,7 +881,7 @@ def build_report(args, started: float, estimate_now: dict, runs: list[dict]) -> 
     if args.long_context:
         db = db_path(args, "longcontext", args.epochs)
         long_context = regime_summary(
-            load_rows(db),
+            rows_of(db),
             rank=1,
             length=args.long_context_length,
             methods=args.long_context_methods,
@@ -890,12 +893,12 @@ def build_report(args, started: float, estimate_now: dict, runs: list[dict]) -> 
         long_context["data"] = long_context_data(args)
     efficiency = None
     if args.efficiency:
-        efficiency = efficiency_summary(load_rows(db_path(args, "phonebook", args.epochs)), args)
+        efficiency = efficiency_summary(rows_of(db_path(args, "phonebook", args.epochs)), args)
     audit_file = audit_dir(args) / "audit.json"
     audit = json.loads(audit_file.read_text()) if audit_file.is_file() else None
     rank, length = args.regime[0]
     mechanism = sweep_mechanism(
-        load_rows(db_path(args, "phonebook", args.epochs)),
+        rows_of(db_path(args, "phonebook", args.epochs)),
         rank=rank,
         length=length,
         epochs=args.epochs,
@@ -913,8 +916,8 @@ def build_report(args, started: float, estimate_now: dict, runs: list[dict]) -> 
     ]
     spec = make_spec(args, ranks=(1,), lengths=(1,), methods=args.methods, epochs=args.epochs)
     all_rows = [
-        row for epochs in budgets for row in load_rows(db_path(args, "phonebook", epochs))
-    ] + (load_rows(db_path(args, "longcontext", args.epochs)) if args.long_context else [])
+        row for epochs in budgets for row in rows_of(db_path(args, "phonebook", epochs))
+    ] + (rows_of(db_path(args, "longcontext", args.epochs)) if args.long_context else [])
     return {
         "benchmark": NAME,
         "issue": 11,

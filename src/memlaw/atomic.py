@@ -142,6 +142,21 @@ def atomic_write_dir(path: str | Path, fill: Callable[[Path], None], *, overwrit
 # --- checks before the work ----------------------------------------------------------------
 
 
+def atomic_copy_dir(source: str | Path, path: str | Path) -> None:
+    """Copy the folder ``source`` to ``path`` whole or not at all, replacing ``path``.
+
+    >>> import tempfile, pathlib
+    >>> root = pathlib.Path(tempfile.mkdtemp())
+    >>> (root / "a").mkdir(); _ = (root / "a" / "x").write_text("1")
+    >>> atomic_copy_dir(root / "a", root / "b")
+    >>> (root / "b" / "x").read_text()
+    '1'
+    """
+    atomic_write_dir(
+        path, lambda staging: shutil.copytree(source, staging, dirs_exist_ok=True), overwrite=True
+    )
+
+
 def check_writable(
     path: str | Path, what: str, *, folder: bool = False, overwrite: bool = True
 ) -> None:

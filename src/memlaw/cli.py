@@ -960,19 +960,10 @@ def sweep_command(
 
 
 def _carry_over(source_db: Path, db: Path, spec) -> None:
-    from memlaw.sweep import SweepStore, carry_over, check_longer_cap
+    from memlaw.sweep import carry_into
 
     _check_not_an_input(db, "--db", {"--carry-from": source_db})
-    source = SweepStore(source_db)
-    try:
-        check_longer_cap(source.spec(), spec, source_db)
-        target = SweepStore(db, spec)
-        try:
-            counts = carry_over(source, target)
-        finally:
-            target.close()
-    finally:
-        source.close()
+    counts = carry_into(db, spec, source_db)
     console.print(
         f"from {source_db}: {counts['copied']} points copied (stopped before its cap), "
         f"{counts['continued']} continue from their last state, {counts['from_scratch']} start "

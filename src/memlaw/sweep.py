@@ -819,6 +819,7 @@ def carry_over(source: SweepStore, target: SweepStore, kept: str | Path | None =
     A method with a curriculum starts afresh (its schedule is laid out over the cap). Returns
     how many points were copied, continued, and left to run from the start.
     """
+    from memlaw.atomic import atomic_copy_dir
     from memlaw.checkpoint import write_state_blob
     from memlaw.models import load_model
     from memlaw.objectives import OBJECTIVES
@@ -855,13 +856,7 @@ def carry_over(source: SweepStore, target: SweepStore, kept: str | Path | None =
         if blob is not None:
             write_state_blob(blob, folder)
         elif copy is not None and (copy / "state.json").is_file():
-            from functools import partial
-
-            from memlaw.atomic import atomic_write_dir
-
-            atomic_write_dir(
-                folder, partial(shutil.copytree, copy, dirs_exist_ok=True), overwrite=True
-            )
+            atomic_copy_dir(copy, folder)
         else:
             counts["from_scratch"] += 1
             continue
@@ -879,6 +874,24 @@ def carry_over(source: SweepStore, target: SweepStore, kept: str | Path | None =
             continue
         counts["continued"] += 1
     return counts
+
+
+def carry_into(
+    db: str | Path, spec: SweepSpec, source_db: str | Path, kept: str | Path | None = None
+) -> dict:
+    """:func:`carry_over` from the database ``source_db`` into ``db`` (created for ``spec`` if
+    need be), refused before ``db`` is touched unless ``spec`` is ``source_db``'s sweep under a
+    longer epoch cap."""
+    source = SweepStore(source_db)
+    try:
+        check_longer_cap(source.spec(), spec, source_db)
+        target = SweepStore(db, spec)
+        try:
+            return carry_over(source, target, kept=kept)
+        finally:
+            target.close()
+    finally:
+        source.close()
 
 
 class _SweepProgress:
