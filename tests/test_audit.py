@@ -82,6 +82,35 @@ def test_sft_wastes_budget_once_tokens_are_memorized(tmp_path, capsys, monkeypat
     assert json.loads(out)["above_share"] == 1.0
 
 
+def test_an_adapter_trained_to_plateau_is_told_to_raise_the_rank_not_to_switch_method(
+    tmp_path, capsys, monkeypatch
+):
+    """At capacity MemFT certified no more than SFT (bench/memft_at_capacity.py): when the
+    adapter's own record says its training plateaued on this set, the audit says raise the rank
+    instead of "train with MemFT"; on another set the record says nothing."""
+    model, tokenizer = load_model("tiny")
+    encoded = encode_items(generate_phonebook(4, seed=1), tokenizer)
+    run = train(model, tokenizer, encoded, LoraSpec(rank=8), TrainConfig(steps=20))
+    before = audit(run.model, tokenizer, encoded)
+    assert before.above_share >= 0.25 and before.certified_share < 1.0
+    assert before.recommendation.startswith("train with MemFT")  # without the record
+    save_run(run, tmp_path / "run")
+    record_file = tmp_path / "run" / "record.json"
+    record = json.loads(record_file.read_text())
+    record_file.write_text(json.dumps(record | {"stop_reason": "plateau"}))  # as a plateau stop
+    args = ("audit", "-m", "tiny", "-a", tmp_path / "run", "--data-seed", 1, "--json")
+    code, out, err = memlaw(capsys, monkeypatch, *args, "-g", "phonebook:4")
+    assert code == 0, err
+    advice = json.loads(out)["recommendation"]
+    assert (
+        advice.startswith("at capacity: training stopped at a plateau")
+        and "raise the rank" in advice
+    )
+    code, out, err = memlaw(capsys, monkeypatch, *args, "-g", "phonebook:3")  # another set
+    assert code == 0, err
+    assert not json.loads(out)["recommendation"].startswith("at capacity")
+
+
 def test_audit_reuses_one_pass_matches_probe_and_quotes_the_law(tmp_path, capsys, monkeypatch):
     from memlaw.law import MemoryLaw
     from memlaw.probe import probe

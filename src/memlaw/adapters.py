@@ -341,16 +341,29 @@ def _same_model(a: str, b: str) -> bool:
     return norm(a) == norm(b)
 
 
+def adapter_record(folder: Path) -> dict:
+    """memlaw's ``record.json`` beside an adapter (how it was trained: model, stop reason,
+    length, ...), or ``{}`` for an adapter without one or with a broken one, which says nothing.
+
+    >>> import tempfile
+    >>> folder = Path(tempfile.mkdtemp())
+    >>> adapter_record(folder)
+    {}
+    >>> _ = (folder / "record.json").write_text('{"stop_reason": "plateau"}')
+    >>> adapter_record(folder)["stop_reason"]
+    'plateau'
+    """
+    try:
+        record = json.loads((Path(folder) / "record.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
 def _check_base_model(folder: Path, config: dict, model: nn.Module, model_name: str | None):
     """memlaw's record.json names the model an adapter was trained on; other adapters carry
     PEFT's base_model_name_or_path."""
-    trained_on = None
-    record = folder / "record.json"
-    if record.is_file():
-        try:
-            trained_on = json.loads(record.read_text(encoding="utf-8")).get("model")
-        except (OSError, UnicodeDecodeError, ValueError, AttributeError):
-            trained_on = None  # a broken record says nothing about the model
+    trained_on = adapter_record(folder).get("model")
     ours = model_name or getattr(model, "name_or_path", None)
     if not isinstance(trained_on, str) or not trained_on:
         trained_on = config.get("base_model_name_or_path")

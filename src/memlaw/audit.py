@@ -98,18 +98,37 @@ def audit(
     tau: float = DEFAULT_TAU,
     law=None,
     n_eff: int | None = None,
+    plateaued: bool = False,
 ) -> AuditReport:
     """Audit a model (+ adapter) on a memory set: the SFT budget spent on memorized tokens,
     certified share, stubborn tokens, and a recommendation. With a fitted ``law``
     (:class:`memlaw.law.MemoryLaw`) and the adapter's ``n_eff``, the advice to raise the rank
-    quotes the law's predicted gain of doubling it."""
+    quotes the law's predicted gain of doubling it. ``plateaued``: the adapter's training
+    stopped at a plateau on this set (:func:`trained_to_plateau`), so it is at capacity, where
+    skipping recalled tokens (MemFT) certified no more than SFT (``bench/memft_at_capacity.py``)
+    and only a larger rank helps."""
     budget, scores = _budget_and_scores(model, encoded, tokenizer.pad_token_id, tau)
     report = probe(model, tokenizer, encoded, tau=tau, measure_base=False, scores=scores)
     above_share = budget.above / budget.tokens
     gradient_share = budget.gradient_above / budget.gradient if budget.gradient > 0 else 0.0
+    law_gain = ""
+    if law is not None and n_eff:
+        now, doubled = (float(law.predict(n, report.length)) for n in (n_eff, 2 * n_eff))
+        law_gain = (
+            f"; the law predicts ΔL {now:.2f} → {doubled:.2f} nats per token "
+            f"(+{doubled - now:.2f}) from N_eff {n_eff} to {2 * n_eff} at ℓ = {report.length}"
+        )
     if report.certified_share == 1.0:
         advice = (
             "certified: every target token has p > tau, greedy recall is guaranteed; stop training"
+        )
+    elif plateaued:
+        advice = (
+            f"at capacity: training stopped at a plateau with {report.certified_share:.0%} of "
+            f"the items certified. An SFT step spends {gradient_share:.0%} of its gradient on the "
+            f"{above_share:.0%} of tokens already above the boundary, but at capacity skipping "
+            "them (MemFT) certified no more than SFT (docs/benchmarks.md): raise the rank "
+            "(memlaw plan shows which rank holds the set)" + law_gain
         )
     elif above_share >= 0.25:
         advice = (
@@ -119,14 +138,8 @@ def audit(
     else:
         advice = (
             f"most tokens are still below the boundary ({1 - above_share:.0%}): train longer, or "
-            "raise the rank (memlaw plan shows what each doubling gains)"
+            "raise the rank (memlaw plan shows what each doubling gains)" + law_gain
         )
-        if law is not None and n_eff:
-            now, doubled = (float(law.predict(n, report.length)) for n in (n_eff, 2 * n_eff))
-            advice += (
-                f"; the law predicts ΔL {now:.2f} → {doubled:.2f} nats per token "
-                f"(+{doubled - now:.2f}) from N_eff {n_eff} to {2 * n_eff} at ℓ = {report.length}"
-            )
     return AuditReport(
         tau=tau,
         tokens=budget.tokens,
@@ -138,6 +151,23 @@ def audit(
         stubborn_tokens=len(report.stubborn),
         recommendation=advice,
     )
+
+
+def trained_to_plateau(record: dict, encoded: Sequence[EncodedItem]) -> bool:
+    """Whether the run behind an adapter (its memlaw record, :func:`memlaw.adapters.adapter_record`)
+    stopped at a plateau on a set of this length: then the adapter holds what its rank can.
+
+    >>> from memlaw.data import EncodedItem
+    >>> items = [EncodedItem((1, 2), (3, 4))]
+    >>> trained_to_plateau({"stop_reason": "plateau", "length": 2}, items)
+    True
+    >>> trained_to_plateau({"stop_reason": "plateau", "length": 500}, items)  # another set
+    False
+    >>> trained_to_plateau({}, items)  # no record: nothing known
+    False
+    """
+    length = sum(len(item.target_ids) for item in encoded)
+    return record.get("stop_reason") == "plateau" and record.get("length") == length
 
 
 class ProbabilityBudget(NamedTuple):

@@ -317,7 +317,8 @@ def audit_command(
 
     Example: memlaw audit --adapter run1 --data facts.jsonl
     """
-    from memlaw.audit import audit
+    from memlaw.adapters import adapter_record
+    from memlaw.audit import audit, trained_to_plateau
 
     law, n_eff = None, None
     if law_path is not None:
@@ -331,8 +332,11 @@ def audit_command(
         n_eff = adapter_n_eff(adapter)
 
     target, tokenizer, encoded = adapted_model_and_data(model, adapter, memory, tau, runtime)
+    plateaued = adapter is not None and trained_to_plateau(adapter_record(adapter), encoded)
     with console.status("auditing…"):
-        report = audit(target, tokenizer, encoded, tau=tau, law=law, n_eff=n_eff)
+        report = audit(
+            target, tokenizer, encoded, tau=tau, law=law, n_eff=n_eff, plateaued=plateaued
+        )
     if as_json:
         _print_json(report.to_dict())
         return
