@@ -221,6 +221,7 @@ def test_every_point_keeps_its_adapter_and_exports_it_as_a_peft_folder(
     from peft import PeftModel
 
     from memlaw.adapters import load_adapter
+    from memlaw.audit import trained_to_plateau
     from memlaw.models import load_model
     from memlaw.probe import mean_target_loss, teacher_forced
     from memlaw.sweep import memory_set_for
@@ -242,6 +243,9 @@ def test_every_point_keeps_its_adapter_and_exports_it_as_a_peft_folder(
     assert record["certified_share"] == row["certified_share"]
     model, tokenizer = load_model("tiny")
     encoded = memory_set_for(spec, 32, tokenizer)
+    # what memlaw audit reads to tell a plateaued (at-capacity) adapter: its stop and length
+    assert (record["stop_reason"], record["length"]) == (row["stop_reason"], 32)
+    assert trained_to_plateau(record | {"stop_reason": "plateau"}, encoded)
     adapted = load_adapter(model, out, model_name="tiny")
     loss = mean_target_loss(teacher_forced(adapted, encoded, tokenizer.pad_token_id))
     assert loss == pytest.approx(row["final_loss"], rel=1e-5)
