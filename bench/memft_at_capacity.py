@@ -537,7 +537,7 @@ def run_audit(args) -> dict:
     adapter (sweeps keep every point's final adapter), the audit takes it and trains nothing."""
     import shutil
 
-    from memlaw.adapters import adapter_record, load_adapter
+    from memlaw.adapters import load_adapter
     from memlaw.atomic import atomic_copy_dir, atomic_write_json, remove_stale_staging
     from memlaw.audit import audit, trained_to_plateau
     from memlaw.models import load_model
@@ -584,7 +584,7 @@ def run_audit(args) -> dict:
         save_run(result, folder, overwrite=True, extra=extra)
         shutil.rmtree(checkpoint, ignore_errors=True)
         target, trained_now = result.model, True
-    record = adapter_record(folder)
+    record = json.loads((folder / "record.json").read_text())  # written above: it must be there
     report = audit(target, tokenizer, encoded, plateaued=trained_to_plateau(record, encoded))
     payload = {
         "rank": rank,

@@ -139,9 +139,6 @@ def atomic_write_dir(path: str | Path, fill: Callable[[Path], None], *, overwrit
         raise
 
 
-# --- checks before the work ----------------------------------------------------------------
-
-
 def atomic_copy_dir(source: str | Path, path: str | Path) -> None:
     """Copy the folder ``source`` to ``path`` whole or not at all, replacing ``path``.
 
@@ -155,6 +152,9 @@ def atomic_copy_dir(source: str | Path, path: str | Path) -> None:
     atomic_write_dir(
         path, lambda staging: shutil.copytree(source, staging, dirs_exist_ok=True), overwrite=True
     )
+
+
+# --- checks before the work ----------------------------------------------------------------
 
 
 def check_writable(
