@@ -332,10 +332,35 @@ def test_memft_at_capacity_audit_resumes_the_sweeps_own_run(tmp_path):
     assert "Traceback" not in missing.stderr
 
 
+def test_recipe_rule_bench_runs_each_rate_and_resumes(tmp_path):
+    """Each rate on a set at the recipe's batch for its size; a rerun takes every finished run
+    from the journal instead of training again."""
+    out = tmp_path / "rule.json"
+    command = [
+        sys.executable,
+        str(BENCH / "recipe_rule.py"),
+        *("--model", "tiny", "--sets", "phonebook:3@1", "--lrs", "0.01,0.03", "--seeds", "0"),
+        *("--cap", "5", "--out", str(out)),
+    ]
+    first = run_bench(command, timeout=300)
+    report = json.loads(out.read_text())
+    assert [(c["set"], c["batch"], c["lr"], c["seeds"]) for c in report["cells"]] == [
+        ("phonebook:3", 3, 0.01, 1),
+        ("phonebook:3", 3, 0.03, 1),
+    ]
+    assert all(r["seconds"] > 0 and r["stop"] for r in report["runs"])
+    assert "| phonebook:3 | 3 | 1 | 3 | 0.01 |" in first.stdout
+    journal = tmp_path / "rule-runs.jsonl"
+    lines = journal.read_text().splitlines()
+    run_bench(command, timeout=300)
+    assert journal.read_text().splitlines() == lines  # nothing ran again
+    assert json.loads(out.read_text())["runs"] == report["runs"]
+
+
 def test_bench_doctests():
     """The bench scripts' docstring examples hold (pytest collects only tests/ and src/)."""
     import doctest
 
-    for name in ("time_to_recall", "memft_at_capacity"):
+    for name in ("time_to_recall", "memft_at_capacity", "recipe_rule"):
         result = doctest.testmod(load_bench(name))
         assert result.failed == 0 and (result.attempted > 0 or name != "time_to_recall"), name
