@@ -142,5 +142,6 @@ def test_settings_added_later_keep_older_checkpoints_valid():
     items = [SimpleNamespace(input_ids=[1, 2, 3], target_ids=[3])]
     fingerprint = checkpoint_module.run_fingerprint
     pinned = "8e5a7bcfb4a959563429bbb59a68c9ff167ff9d965f4bbc5168ae0979799b924"
-    assert fingerprint(TrainConfig(), LoraSpec(rank=2), items) == pinned
-    assert fingerprint(TrainConfig(lr_warmup_steps=3), LoraSpec(rank=2), items) != pinned
+    # lr as train() resolves it before fingerprinting (TrainConfig.lr None: the recipe's rate)
+    assert fingerprint(TrainConfig(lr=0.01), LoraSpec(rank=2), items) == pinned
+    assert fingerprint(TrainConfig(lr=0.01, lr_warmup_steps=3), LoraSpec(rank=2), items) != pinned

@@ -244,6 +244,8 @@ def test_demo_memorizes_to_certified_recall_and_probes(tmp_path, capsys, monkeyp
     assert "100.0% of target tokens above p = 0.5" in stdout
     assert "100.0% recalled exactly by greedy decoding" in stdout
     assert "total time:" in stdout
+    assert "recipe: memft, AdamW lr 0.01 halved after 10 epochs" in stdout  # batch 2: 1e-2
+    assert record["config"]["lr"] == 0.01
     # no law for tiny: the demo says so and trains the rank it was given
     code, stdout, err = memlaw(capsys, monkeypatch, "demo", "-m", "tiny", "--entries", 2, "-o", out)
     assert code == 0, err

@@ -197,7 +197,8 @@ LEGACY_SETTINGS = {  # what a database written before --device/--dtype existed h
 
 
 # What sweeps ran under before these settings existed (sweep.LATER_SETTINGS).
-AS_BEFORE = {"batch_size": 0, "stop_at_certified": False, "plateau_on": "delta_loss"}
+# the defaults of a sweep before these settings (and before lr followed the batch: 1e-2)
+AS_BEFORE = {"batch_size": 0, "stop_at_certified": False, "plateau_on": "delta_loss", "lr": 0.01}
 
 
 def legacy_database(path: Path, settings: dict = LEGACY_SETTINGS) -> Path:
@@ -262,7 +263,7 @@ def test_the_shipped_smollm2_database_resumes_on_the_command_line(tmp_path, caps
     settings = ("--max-steps", spec.max_steps, "--plateau-window", spec.plateau_window)
     # the settings it ran under, from before memlaw train's recipe became the sweep's default
     settings += ("--modules", spec.modules, "--batch-size", 0, "--train-past-certified")
-    settings += ("--plateau-on", "delta_loss", "--anneal-patience", 0)
+    settings += ("--plateau-on", "delta_loss", "--anneal-patience", 0, "--lr", spec.lr)
     code, out, err = memlaw(capsys, monkeypatch, "sweep", "--db", db, *grid, *settings)
     assert code == 0, err
     assert f"0 points run, {len(spec.points())} already done" in out

@@ -523,7 +523,10 @@ def test_the_recipe_names_its_annealing():
     spec = SweepSpec(model="tiny", data="phonebook", max_epochs=400, anneal_patience=10)
     meta = sweep_metadata(spec, [row(1, 250)])
     assert meta["anneal_patience"] == 10
-    assert meta["recipe"].startswith("AdamW lr 0.01 halved after 10 epochs without progress")
+    assert meta["recipe"].startswith(
+        "AdamW lr 0.03 at batches of 16 items or more (else 0.01) halved after 10 epochs"
+    )
+    assert meta["lr"] is None  # the rule: plan's command leaves --lr to memlaw train
 
 
 def test_fit_store_validates_the_law_on_off_grid_points(tmp_path):

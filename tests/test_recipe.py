@@ -5,7 +5,15 @@ import pytest
 from memlaw.adapters import LoraSpec
 from memlaw.data import encode_items, generate_phonebook, generate_random_tokens
 from memlaw.models import load_model
-from memlaw.recipe import ANNEAL_FLOOR, MAX_EPOCHS, default_batch_size, default_recipe
+from memlaw.recipe import (
+    ANNEAL_FLOOR,
+    LARGE_BATCH_LEARNING_RATE,
+    LEARNING_RATE,
+    MAX_EPOCHS,
+    default_batch_size,
+    default_lr,
+    default_recipe,
+)
 from memlaw.train import TrainConfig, train
 
 
@@ -26,6 +34,29 @@ def test_train_without_a_budget_uses_the_recipe():
         model, tokenizer, encoded[:4], LoraSpec(rank=1), TrainConfig(), final_probe=False
     )
     assert budget.config["total_steps"] == MAX_EPOCHS  # one batch of 4 per epoch
+
+
+@pytest.mark.parametrize(
+    "items, lr", [(4, LEARNING_RATE), (30, LEARNING_RATE), (90, LEARNING_RATE),
+                  (91, LARGE_BATCH_LEARNING_RATE), (1000, LARGE_BATCH_LEARNING_RATE)]
+)  # fmt: skip
+def test_the_rate_follows_the_batch(items, lr):
+    assert default_recipe(items).lr == lr == default_lr(default_recipe(items).batch_size)
+
+
+def test_train_takes_the_rate_of_the_batch_it_uses_unless_told():
+    _, tokenizer = load_model("tiny")
+    encoded = encode_items(generate_phonebook(100, seed=1), tokenizer)
+
+    def rate(**config) -> float:
+        model = load_model("tiny")[0]  # each run on the bare model
+        run = train(model, tokenizer, encoded, LoraSpec(rank=1), TrainConfig(steps=1, **config),
+                    final_probe=False)  # fmt: skip
+        return run.config["lr"]
+
+    assert rate() == LARGE_BATCH_LEARNING_RATE  # batch 16
+    assert rate(batch_size=4) == LEARNING_RATE  # the user's batch, the rate for it
+    assert rate(batch_size=4, lr=0.05) == 0.05  # the user's rate wins
 
 
 def test_annealing_halves_the_rate_to_its_floor_then_stops_at_the_plateau():

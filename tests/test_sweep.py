@@ -59,7 +59,7 @@ def test_a_closed_store_is_one_file_and_reading_it_leaves_nothing_beside_it(tmp_
 def test_a_database_from_another_sweep_is_refused(tmp_path):
     spec = tiny_spec(ranks=(1,), lengths=(8,), max_steps=2)
     run_sweep(spec, SweepStore(tmp_path / "s.db", spec), LocalExecutor(workers=1), progress=False)
-    with pytest.raises(MemlawError, match=r"other settings \(lr: 0.01 vs 0.02\)"):
+    with pytest.raises(MemlawError, match=r"other settings \(lr: default vs 0.02\)"):
         SweepStore(tmp_path / "s.db", tiny_spec(lr=0.02, max_steps=2))
     SweepStore(tmp_path / "s.db", spec)  # a larger grid, same settings: fine
     SweepStore(tmp_path / "s.db", tiny_spec(ranks=(8,), max_steps=2))

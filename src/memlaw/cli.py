@@ -28,7 +28,7 @@ from rich.text import Text
 from typer.models import OptionInfo
 
 from memlaw.errors import MemlawError, check_integer, check_number, expected_failure
-from memlaw.recipe import ANNEAL_PATIENCE, LEARNING_RATE
+from memlaw.recipe import ANNEAL_PATIENCE, LARGE_BATCH, LARGE_BATCH_LEARNING_RATE, LEARNING_RATE
 
 app = typer.Typer(
     add_completion=False,
@@ -49,7 +49,12 @@ ModelOption = typer.Option(
 DbOption = typer.Option(Path("sweep.db"), "--db", help="Sweep database (SQLite).")
 TauOption = typer.Option(0.5, "--tau", help="Recall boundary: a token is certified when p > tau.")
 DtypeOption = typer.Option("float32", "--dtype", help="float32, bfloat16 or float16.")
-LrOption = typer.Option(LEARNING_RATE, "--lr", help="AdamW learning rate.")
+LrOption = typer.Option(
+    None,
+    "--lr",
+    help=f"AdamW learning rate (default: the recipe's, {LARGE_BATCH_LEARNING_RATE:g} for batches "
+    f"of {LARGE_BATCH} items or more, else {LEARNING_RATE:g}).",
+)
 BatchSizeOption = typer.Option(
     None,
     "--batch-size",
@@ -395,7 +400,7 @@ class LoraOptions:
 class TrainingOptions:
     """How `memlaw train` trains (memlaw.train.TrainConfig)."""
 
-    lr: float = option(LrOption)
+    lr: float | None = option(LrOption)
     steps: int | None = option(
         None, "--steps", help="Optimizer steps (the budget; default: the recipe's epoch cap)."
     )
@@ -440,7 +445,7 @@ class TrainingOptions:
         and finiteness first, named as the user typed it."""
         from memlaw.train import TrainConfig
 
-        check_number(self.lr, "--lr", low=0, low_open=True)
+        check_number(self.lr, "--lr", low=0, low_open=True, optional=True)
         check_integer(self.steps, "--steps", optional=True)
         check_integer(self.epochs, "--epochs", optional=True)
         check_integer(self.batch_size, "--batch-size", low=0, optional=True)
@@ -741,9 +746,11 @@ def _demo_train(model: str, base, tokenizer, encoded, rank: int, config, out: Pa
 
 
 def _demo_memorize(model, base, tokenizer, encoded, rank, seed, out: Path, entries: int) -> None:
+    from memlaw.recipe import default_recipe
     from memlaw.train import TrainConfig
 
     config = TrainConfig(method="memft", seed=seed, anneal_patience=ANNEAL_PATIENCE)
+    console.print(f"recipe: memft, {default_recipe(len(encoded)).describe()}", markup=False)
     result = _demo_train(model, base, tokenizer, encoded, rank, config, out, entries)
     report = result.report
     summary = report.summary()
@@ -791,7 +798,7 @@ def _demo_compare(model: str, entries: int, rank: int, steps: int, seed: int, ou
 class PointOptions:
     """How `memlaw sweep` trains each point (memlaw.sweep.SweepSpec's training fields)."""
 
-    lr: float = option(LrOption)
+    lr: float | None = option(LrOption)
     max_steps: int = option(600, "--max-steps", help="Step cap of each point.")
     max_epochs: int | None = option(
         None, "--max-epochs", help="Epoch cap of each point (replaces --max-steps)."
@@ -820,7 +827,7 @@ class PointOptions:
     def spec_fields(self) -> dict[str, Any]:
         """The settings as SweepSpec's fields, every number checked and named as the user
         typed it."""
-        check_number(self.lr, "--lr", low=0, low_open=True)
+        check_number(self.lr, "--lr", low=0, low_open=True, optional=True)
         check_integer(self.max_steps, "--max-steps")
         check_integer(self.max_epochs, "--max-epochs", optional=True)
         check_integer(self.batch_size, "--batch-size", low=0, optional=True)

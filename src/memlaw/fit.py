@@ -691,7 +691,14 @@ def sweep_metadata(spec: Any, rows: list[Mapping[str, Any]]) -> dict[str, Any]:
     """What a law records of the sweep it was fitted on: model, placement, data and its kind,
     and the training recipe, so a plan can refuse what the law was not measured on and print
     the command that realizes it."""
-    from memlaw.recipe import ANNEAL_FLOOR, MAX_BATCH, MIN_BATCH, UPDATES_PER_EPOCH
+    from memlaw.recipe import (
+        ANNEAL_FLOOR,
+        MAX_BATCH,
+        MIN_BATCH,
+        UPDATES_PER_EPOCH,
+        default_lr,
+        describe_lr,
+    )
 
     kinds = sorted({str(row["data_kind"]) for row in rows if row.get("data_kind")})
     if spec.batch_size is None:
@@ -703,7 +710,9 @@ def sweep_metadata(spec: Any, rows: list[Mapping[str, Any]]) -> dict[str, Any]:
         batch = "whole set" if spec.batch_size == 0 else f"batch {spec.batch_size}"
     cap = f"≤ {spec.max_epochs} epochs" if spec.max_epochs else f"≤ {spec.max_steps} steps"
     stop = "stop at certified recall or plateau" if spec.stop_at_certified else "stop at plateau"
-    rate = f"AdamW lr {spec.lr:g}"
+    # a fixed batch fixes the recipe's rate; else it follows each point's batch
+    lr = spec.lr if spec.lr is not None or not spec.batch_size else default_lr(spec.batch_size)
+    rate = describe_lr(lr)
     if spec.anneal_patience:
         rate += (
             f" halved after {spec.anneal_patience} epochs without progress "
@@ -714,7 +723,7 @@ def sweep_metadata(spec: Any, rows: list[Mapping[str, Any]]) -> dict[str, Any]:
         "modules": spec.modules,
         "data": spec.data,
         "data_kind": kinds[0] if len(kinds) == 1 else None,
-        "lr": spec.lr,
+        "lr": lr,
         "batch_size": spec.batch_size,
         "max_epochs": spec.max_epochs,
         "max_steps": None if spec.max_epochs else spec.max_steps,

@@ -1,19 +1,27 @@
 """The default training recipe: learning rate, batch size and epoch cap for a memory set.
 
-Measured in a one-seed pilot (the full search, ``bench/time_to_recall.py --search``, is still
-to run; docs/benchmarks.md, "Time to certified recall"): on PB1000 (100 phone numbers,
-ℓ ≈ 1000), rank 4 on the MLP of layer 20 of SmolLM2-135M, whole-set
-batches are the slowest way to certified recall (1 update per epoch: after 76 epochs, 309 s,
-the loss was still 1.66 nats and nothing was certified), while batches of 16 certify in about
-60 epochs. Small batches cost more per token (fixed costs per step), large ones give too few
-updates per epoch; the rule keeps about :data:`UPDATES_PER_EPOCH` updates per epoch within
-[:data:`MIN_BATCH`, :data:`MAX_BATCH`] items. lr 3e-2 at batch 16 was worse than 1e-2 (loss
-2.11 against 1.31 at epoch 32). At a constant 1e-2 the last items keep falling back below
-p = 0.5 (rank 8 on 1000 PhoneBook tokens reached 98 of 100 items certified at epoch 68, then
-69 at epoch 91), so the rate is annealed on plateau (:data:`ANNEAL_PATIENCE`).
+Measured with the recipe search (``bench/time_to_recall.py --search``; docs/benchmarks.md,
+"Recipe search"), on PB1000 (100 phone numbers, ℓ ≈ 1000), rank 1 on the MLP of layer 20 of
+SmolLM2-135M, ``memft``, seconds to certified recall on two CPU cores:
+
+- Batch size: whole-set batches stop at a plateau without certifying (one update per epoch);
+  batch 1 costs ~3× per epoch what batch 16 costs and was cut at 778 s. Small batches cost more
+  per token (fixed costs per step), large ones give too few updates per epoch, so the rule
+  keeps about :data:`UPDATES_PER_EPOCH` updates per epoch within [:data:`MIN_BATCH`,
+  :data:`MAX_BATCH`] items.
+- Learning rate: at batch 16, lr 3e-2 certified on 3 of 3 seeds (median 534 s) against 703 s
+  for 1e-2 (seed 0); 3e-3 was cut at 778 s. At batch 4 the order flips: 1e-2 certified in
+  632 s, 3e-2 was cut at 778 s. So the rate follows the batch (:func:`default_lr`):
+  :data:`LARGE_BATCH_LEARNING_RATE` from :data:`LARGE_BATCH` items up, else
+  :data:`LEARNING_RATE` (``bench/recipe_rule.py`` checks it on sets of other sizes).
+- Schedule: at a constant rate the last items keep falling back below p = 0.5 (a constant
+  3e-2 was cut at 635 s), so the rate is annealed on plateau (:data:`ANNEAL_PATIENCE`); a
+  3-epoch warm-up did not help (cut at 522 s).
 
 >>> default_recipe(100)
-Recipe(lr=0.01, batch_size=16, max_epochs=400, anneal_patience=10)
+Recipe(lr=0.03, batch_size=16, max_epochs=400, anneal_patience=10)
+>>> default_recipe(25)
+Recipe(lr=0.01, batch_size=5, max_epochs=400, anneal_patience=10)
 >>> default_recipe(3).batch_size  # a small set: the whole set in every step
 3
 """
@@ -23,7 +31,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-LEARNING_RATE = 1e-2
+LEARNING_RATE = 1e-2  # batches below LARGE_BATCH
+LARGE_BATCH = 16
+LARGE_BATCH_LEARNING_RATE = 3e-2
 UPDATES_PER_EPOCH = 6
 MIN_BATCH = 4
 MAX_BATCH = 16
@@ -68,6 +78,34 @@ def default_batch_size(n_items: int) -> int:
     return min(MAX_BATCH, max(MIN_BATCH, math.ceil(n_items / UPDATES_PER_EPOCH)))
 
 
+def default_lr(batch_size: int) -> float:
+    """The rate for batches of ``batch_size`` items: :data:`LARGE_BATCH_LEARNING_RATE` from
+    :data:`LARGE_BATCH` items up, :data:`LEARNING_RATE` below (the measurements are in the
+    module's docstring).
+
+    >>> [default_lr(b) for b in (1, 5, 15, 16, 100)]
+    [0.01, 0.01, 0.01, 0.03, 0.03]
+    """
+    return LARGE_BATCH_LEARNING_RATE if batch_size >= LARGE_BATCH else LEARNING_RATE
+
+
+def describe_lr(lr: float | None) -> str:
+    """A rate as records and reports name it; ``None`` is the recipe's rule.
+
+    >>> describe_lr(0.02)
+    'AdamW lr 0.02'
+    >>> describe_lr(None)
+    'AdamW lr 0.03 at batches of 16 items or more (else 0.01)'
+    """
+    if lr is not None:
+        return f"AdamW lr {lr:g}"
+    return (
+        f"AdamW lr {LARGE_BATCH_LEARNING_RATE:g} at batches of {LARGE_BATCH} items or more "
+        f"(else {LEARNING_RATE:g})"
+    )
+
+
 def default_recipe(n_items: int) -> Recipe:
     """The recipe for a set of ``n_items`` memory items."""
-    return Recipe(lr=LEARNING_RATE, batch_size=default_batch_size(n_items), max_epochs=MAX_EPOCHS)
+    batch = default_batch_size(n_items)
+    return Recipe(lr=default_lr(batch), batch_size=batch, max_epochs=MAX_EPOCHS)

@@ -18,6 +18,7 @@ from memlaw.errors import MemlawError
 from memlaw.figures import Figure, bits_per_param, fixed, predicted_delta, save_pngs, sweep_figures
 from memlaw.fit import fit_store, law_points
 from memlaw.law import MemoryLaw
+from memlaw.recipe import describe_lr
 from memlaw.sweep import SweepSpec, SweepStore, fingerprint
 
 # --- the sweep report ------------------------------------------------------------------------
@@ -249,7 +250,7 @@ def _header_section(spec: SweepSpec, rows: list[dict]) -> str:
         ("points", points),
         (
             "training",
-            f"AdamW lr {spec.lr:g}, at most {spec.max_steps} steps, plateau window {spec.plateau_window} "
+            f"{describe_lr(spec.lr)}, at most {spec.max_steps} steps, plateau window {spec.plateau_window} "
             f"(relative tolerance {spec.plateau_tolerance:g})",
         ),
         ("total wall time", f"{_duration(wall)} (summed over points; parallel workers overlap)"),

@@ -79,7 +79,7 @@ class SweepSpec:
     methods: tuple[str, ...] = ("sft",)
     seeds: tuple[int, ...] = (0,)
     modules: str = "mlp"
-    lr: float = 1e-2
+    lr: float | None = None  # None: memlaw train's rate for each point's batch (memlaw.recipe)
     max_steps: int = 600
     plateau_window: int = 50
     plateau_tolerance: float = 0.01
@@ -611,8 +611,12 @@ def _difference(stored: str, wanted: str) -> str:
     a, b = json.loads(stored), json.loads(wanted)
     a = LATER_SETTINGS | a  # name the implied value of a setting the database predates
     b = LATER_SETTINGS | b
+
+    def shown(value: Any) -> str:
+        return "default" if value is None else repr(value)  # None: the recipe's (e.g. lr)
+
     changed = [
-        f"{k}: {a.get(k)!r} vs {b.get(k)!r}"
+        f"{k}: {shown(a.get(k))} vs {shown(b.get(k))}"
         for k in sorted(set(a) | set(b))
         if a.get(k) != b.get(k)
     ]

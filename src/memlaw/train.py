@@ -35,7 +35,7 @@ from memlaw.forward import choose_forward
 from memlaw.information import ceiling
 from memlaw.objectives import METHODS as METHODS  # the one method list, re-exported
 from memlaw.probe import ProbeReport, mean_target_loss, probe, teacher_forced
-from memlaw.recipe import default_recipe
+from memlaw.recipe import default_lr, default_recipe
 
 
 @dataclass(frozen=True)
@@ -45,7 +45,7 @@ class TrainConfig:
     ``batch_size`` 0 means the full memory set in every step."""
 
     method: str = "sft"
-    lr: float = 1e-2
+    lr: float | None = None  # None: the default recipe's rate for the batch in use
     steps: int | None = None  # None (and no epochs): the default recipe's epoch cap
     epochs: int | None = None
     batch_size: int | None = None  # None: the default recipe's batch for the set's size
@@ -84,7 +84,7 @@ class TrainConfig:
 
     def validate(self) -> None:
         objectives.check_settings(self.method, objectives.Settings.of(self))
-        if not (self.lr > 0 and math.isfinite(self.lr)):
+        if self.lr is not None and not (self.lr > 0 and math.isfinite(self.lr)):
             raise MemlawError(f"learning rate must be a positive number, got {self.lr}")
         if not (self.grad_clip > 0 and math.isfinite(self.grad_clip)):
             raise MemlawError(f"gradient clip must be a positive number, got {self.grad_clip}")
@@ -585,11 +585,19 @@ class _Certificates:
 
 
 def _resolved(config: TrainConfig, sequences: int):
-    """The objective, its settings, and the config as the run uses it (aliases resolved)."""
+    """The objective, its settings, and the config as the run uses it (aliases resolved, the
+    recipe's rate for the batch in use where no rate is given)."""
     objective, settings = objectives.resolve(
         config.method, objectives.Settings.of(config), sequences=sequences
     )
-    return objective, settings, replace(config, method=objective.name, train_tau=settings.train_tau)
+    lr = (
+        config.lr if config.lr is not None else default_lr(_Budget.of(config, sequences).batch_size)
+    )
+    return (
+        objective,
+        settings,
+        replace(config, method=objective.name, train_tau=settings.train_tau, lr=lr),
+    )
 
 
 # Settings that only cap a run's length. Under a longer cap the same run goes through the very
