@@ -3,10 +3,11 @@
 import pytest
 import torch
 
-from memlaw.adapters import LoraSpec
+from memlaw.adapters import LoraSpec, decoder_layers
 from memlaw.data import MemoryItem, encode_items, generate_phonebook
 from memlaw.forward import FastForward, ReferenceForward, choose_forward
 from memlaw.models import load_model
+from memlaw.probe import mean_target_loss, teacher_forced
 from memlaw.train import TrainConfig, train
 
 
@@ -91,3 +92,19 @@ def test_hidden_states_beyond_the_memory_limit_live_in_a_mapped_file(tiny, tmp_p
     assert not list((tmp_path / "hidden-states").iterdir())  # unlinked: no file left behind
     a, b = in_memory([0, 1, 2, 3]), on_disk([0, 1, 2, 3])
     assert torch.equal(a.nll, b.nll)
+
+
+@pytest.mark.parametrize("fast", [False, True])
+def test_the_base_loss_shares_the_fast_paths_pass(fast):
+    model, tokenizer = load_model("tiny")
+    encoded = encode_items(generate_phonebook(40, seed=1), tokenizer)  # two caching batches
+    plain = mean_target_loss(teacher_forced(model, encoded, tokenizer.pad_token_id))
+    calls = []
+    decoder_layers(model)[0].register_forward_hook(lambda *args: calls.append(1))
+    config = TrainConfig(steps=1, batch_size=0, stop_when_certified=False, fast_path=fast)
+    run = train(model, tokenizer, encoded, LoraSpec(rank=2, layers=(2,)), config, final_probe=False)
+    assert run.base_loss == pytest.approx(plain, rel=1e-5)
+    assert run.config["forward"].startswith("fast path" if fast else "reference")
+    # fast: 2 caching batches and the 8-row check, nothing more (the base loss reads the cache);
+    # reference: the base-loss pass (2 batches) and the one training step (the whole set)
+    assert len(calls) == 3
