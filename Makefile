@@ -36,6 +36,7 @@ bench: install
 	$(BIN)/python bench/cache_memory.py
 	$(BIN)/python bench/memft_vs_sft.py
 	$(BIN)/python bench/bf16_cpu.py
+	$(BIN)/python bench/fixed_costs.py
 	$(BIN)/python bench/time_to_recall.py --search
 
 # MemFT at capacity (issue 11, docs/benchmarks.md): every method x 3 seeds where rank 1 cannot

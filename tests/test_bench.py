@@ -357,10 +357,28 @@ def test_recipe_rule_bench_runs_each_rate_and_resumes(tmp_path):
     assert json.loads(out.read_text())["runs"] == report["runs"]
 
 
+def test_fixed_costs_bench_times_each_cost_and_both_base_loss_passes(tmp_path):
+    """Every fixed cost is timed, and the base loss read through the fast path's cache is the
+    base loss of a full pass of its own."""
+    out = tmp_path / "fixed.json"
+    command = [
+        sys.executable,
+        str(BENCH / "fixed_costs.py"),
+        *("--model", "tiny", "--generate-phonebook", "40", "--repeats", "2", "--out", str(out)),
+    ]
+    printed = run_bench(command, timeout=300).stdout
+    report = json.loads(out.read_text())
+    assert report["forward"].startswith("fast path from layer")
+    assert report["base_loss_max_relative_difference"] < 1e-5
+    assert len(report["repeats"]) == 2
+    assert all(s > 0 for r in report["repeats"] for s in r["seconds"].values())
+    assert "| base loss through the cache (now) |" in printed
+
+
 def test_bench_doctests():
     """The bench scripts' docstring examples hold (pytest collects only tests/ and src/)."""
     import doctest
 
-    for name in ("time_to_recall", "memft_at_capacity", "recipe_rule"):
+    for name in ("time_to_recall", "memft_at_capacity", "recipe_rule", "fixed_costs"):
         result = doctest.testmod(load_bench(name))
         assert result.failed == 0 and (result.attempted > 0 or name != "time_to_recall"), name
