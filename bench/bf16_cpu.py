@@ -20,7 +20,6 @@ Writes bench/results/bf16_cpu.json and prints markdown tables (ratios are the re
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import time
@@ -29,6 +28,7 @@ from pathlib import Path
 import torch
 
 from memlaw.adapters import LoraSpec
+from memlaw.atomic import atomic_write_json
 from memlaw.data import encode_items, generate_phonebook, generate_random_tokens, load_items
 from memlaw.models import load_model
 from memlaw.train import TrainConfig, train
@@ -127,7 +127,7 @@ def main() -> None:
         "cases": cases,
     }
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "bf16_cpu.json").write_text(json.dumps(result, indent=2) + "\n")
+    atomic_write_json(RESULTS / "bf16_cpu.json", result)
     print(f"threads: {torch.get_num_threads()}\n")
     print("| matmul | float32 GFLOP/s | bfloat16 GFLOP/s | ratio |\n|---|---|---|---|")
     for shape in ("lm_head", "mlp"):

@@ -14,7 +14,6 @@ Writes bench/results/cache_memory.json and prints a markdown table.
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing
 import os
 import platform
@@ -134,7 +133,9 @@ def main() -> None:
         "cases": cases,
     }
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "cache_memory.json").write_text(json.dumps(report, indent=2) + "\n")
+    from memlaw.atomic import atomic_write_json
+
+    atomic_write_json(RESULTS / "cache_memory.json", report)
     print(
         "\n| cache | target tokens | cache size | on disk | build s | s/step "
         "| anonymous RSS after cache | after steps | file-backed after steps | peak RSS (all) |"

@@ -20,7 +20,6 @@ Writes bench/results/fixed_costs.json and prints a markdown table.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import time
@@ -111,6 +110,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--out", type=Path, default=RESULTS / "fixed_costs.json")
     args = parser.parse_args(argv)
+    from memlaw.atomic import atomic_write_json
     from memlaw.data import generate_phonebook, load_items
 
     if args.generate_phonebook:
@@ -144,10 +144,7 @@ def main(argv: list[str] | None = None) -> dict:
         **summary,
         "repeats": repeats,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    tmp.replace(args.out)
+    atomic_write_json(args.out, result)
     print(f"{source}, {len(items)} items, rank {args.rank}, {args.repeats} repeats, "
           f"{result['forward']}")  # fmt: skip
     print("| fixed cost | median s |")

@@ -14,7 +14,6 @@ Writes bench/results/memft_vs_sft.json and prints markdown tables.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import time
@@ -23,6 +22,7 @@ from pathlib import Path
 import torch
 
 from memlaw.adapters import LoraSpec
+from memlaw.atomic import atomic_write_json
 from memlaw.data import encode_items, generate_phonebook, generate_random_tokens, load_items
 from memlaw.models import load_model
 from memlaw.train import TrainConfig, train
@@ -237,7 +237,7 @@ def main() -> None:
         "cases": results,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    atomic_write_json(args.out, report)
     for case in results:
         print_table(case)
     print(f"\nwall time {report['wall_seconds']:.0f} s")

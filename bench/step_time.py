@@ -8,7 +8,6 @@ are the result: both paths run in the same process, interleaved, on the same dat
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing
 import platform
 import resource
@@ -21,6 +20,7 @@ from pathlib import Path
 import torch
 
 from memlaw.adapters import LoraSpec
+from memlaw.atomic import atomic_write_json
 from memlaw.data import encode_items, generate_phonebook, generate_random_tokens
 from memlaw.models import load_model
 from memlaw.train import TrainConfig, train
@@ -180,7 +180,7 @@ def main() -> None:
         "cases": cases,
     }
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "step_time.json").write_text(json.dumps(result, indent=2) + "\n")
+    atomic_write_json(RESULTS / "step_time.json", result)
     print(
         f"float32 matmul: {result['matmul_gflops']:.1f} GFLOP/s, {result['machine']['threads']} threads"
     )

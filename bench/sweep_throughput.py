@@ -12,7 +12,6 @@ Writes bench/results/sweep_throughput.json and prints a markdown table.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import tempfile
 import time
@@ -20,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from memlaw.atomic import atomic_write_json
 from memlaw.sweep import LocalExecutor, SweepSpec, SweepStore, run_sweep
 
 RESULTS = Path(__file__).parent / "results"
@@ -81,7 +81,7 @@ def main() -> None:
         "rows": {path: results[path]["rows"] for path in results},
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    atomic_write_json(args.out, report)
     print(
         "\n| points | steps each | reference wall s | fast wall s | wall speed-up "
         "| train-time speed-up | max final-loss difference |"

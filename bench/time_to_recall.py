@@ -440,7 +440,9 @@ def child_main(argv: list[str]) -> None:
         "phase_counts": phases.counts,
         "t_end": time.time(),
     }
-    Path(args.result).write_text(json.dumps(result, indent=2) + "\n")
+    from memlaw.atomic import atomic_write_text
+
+    atomic_write_text(args.result, json.dumps(result, indent=2, default=str) + "\n")
 
 
 def child_trl(args, phases: Phases) -> dict:
@@ -1630,11 +1632,12 @@ def main(argv: list[str] | None = None) -> None:
         "tasks": [],
     }
 
+    from memlaw.atomic import atomic_write_text
+
     def write() -> None:
         report["wall_seconds"] = time.perf_counter() - started
         report["journal"] = {"path": str(args.journal), "runs_reused": journal.reused}
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(report, indent=2, default=str) + "\n")
+        atomic_write_text(args.out, json.dumps(report, indent=2, default=str) + "\n")
 
     if args.search:
         for task in tasks:
