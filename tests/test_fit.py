@@ -524,7 +524,8 @@ def test_the_recipe_names_its_annealing():
     meta = sweep_metadata(spec, [row(1, 250)])
     assert meta["anneal_patience"] == 10
     assert meta["recipe"].startswith(
-        "AdamW lr 0.03 at batches of 16 items or more (else 0.01) halved after 10 epochs"
+        "AdamW lr 0.03 at batches of 16 items or more and at most 7 updates per epoch (else 0.01) "
+        "halved after 10 epochs"
     )
     assert meta["lr"] is None  # the rule: plan's command leaves --lr to memlaw train
 

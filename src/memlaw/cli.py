@@ -28,7 +28,13 @@ from rich.text import Text
 from typer.models import OptionInfo
 
 from memlaw.errors import MemlawError, check_integer, check_number, expected_failure
-from memlaw.recipe import ANNEAL_PATIENCE, LARGE_BATCH, LARGE_BATCH_LEARNING_RATE, LEARNING_RATE
+from memlaw.recipe import (
+    ANNEAL_PATIENCE,
+    LARGE_BATCH,
+    LARGE_BATCH_LEARNING_RATE,
+    LARGE_BATCH_MAX_UPDATES,
+    LEARNING_RATE,
+)
 
 app = typer.Typer(
     add_completion=False,
@@ -53,7 +59,8 @@ LrOption = typer.Option(
     None,
     "--lr",
     help=f"AdamW learning rate (default: the recipe's, {LARGE_BATCH_LEARNING_RATE:g} for batches "
-    f"of {LARGE_BATCH} items or more, else {LEARNING_RATE:g}).",
+    f"of {LARGE_BATCH} items with at most {LARGE_BATCH_MAX_UPDATES} updates per epoch, else "
+    f"{LEARNING_RATE:g}).",
 )
 BatchSizeOption = typer.Option(
     None,

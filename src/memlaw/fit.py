@@ -693,10 +693,11 @@ def sweep_metadata(spec: Any, rows: list[Mapping[str, Any]]) -> dict[str, Any]:
     the command that realizes it."""
     from memlaw.recipe import (
         ANNEAL_FLOOR,
+        LARGE_BATCH,
+        LEARNING_RATE,
         MAX_BATCH,
         MIN_BATCH,
         UPDATES_PER_EPOCH,
-        default_lr,
         describe_lr,
     )
 
@@ -710,8 +711,11 @@ def sweep_metadata(spec: Any, rows: list[Mapping[str, Any]]) -> dict[str, Any]:
         batch = "whole set" if spec.batch_size == 0 else f"batch {spec.batch_size}"
     cap = f"≤ {spec.max_epochs} epochs" if spec.max_epochs else f"≤ {spec.max_steps} steps"
     stop = "stop at certified recall or plateau" if spec.stop_at_certified else "stop at plateau"
-    # a fixed batch fixes the recipe's rate; else it follows each point's batch
-    lr = spec.lr if spec.lr is not None or not spec.batch_size else default_lr(spec.batch_size)
+    # a fixed batch below LARGE_BATCH fixes the recipe's rate; else each point's rate follows
+    # its set size and batch (the recipe's rule)
+    lr = spec.lr
+    if lr is None and spec.batch_size and spec.batch_size < LARGE_BATCH:
+        lr = LEARNING_RATE
     rate = describe_lr(lr)
     if spec.anneal_patience:
         rate += (

@@ -592,9 +592,8 @@ def _resolved(config: TrainConfig, sequences: int):
     objective, settings = objectives.resolve(
         config.method, objectives.Settings.of(config), sequences=sequences
     )
-    lr = (
-        config.lr if config.lr is not None else default_lr(_Budget.of(config, sequences).batch_size)
-    )
+    batch = _Budget.of(config, sequences).batch_size
+    lr = config.lr if config.lr is not None else default_lr(batch, sequences)
     return (
         objective,
         settings,
