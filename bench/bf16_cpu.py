@@ -126,7 +126,6 @@ def main() -> None:
         "settings": vars(args),
         "cases": cases,
     }
-    RESULTS.mkdir(exist_ok=True)
     atomic_write_json(RESULTS / "bf16_cpu.json", result)
     print(f"threads: {torch.get_num_threads()}\n")
     print("| matmul | float32 GFLOP/s | bfloat16 GFLOP/s | ratio |\n|---|---|---|---|")

@@ -132,7 +132,6 @@ def main() -> None:
         "settings": vars(args),
         "cases": cases,
     }
-    RESULTS.mkdir(exist_ok=True)
     from memlaw.atomic import atomic_write_json
 
     atomic_write_json(RESULTS / "cache_memory.json", report)

@@ -236,7 +236,6 @@ def main() -> None:
         "wall_seconds": time.perf_counter() - started,
         "cases": results,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(args.out, report)
     for case in results:
         print_table(case)

@@ -179,7 +179,6 @@ def main() -> None:
         "settings": vars(args),
         "cases": cases,
     }
-    RESULTS.mkdir(exist_ok=True)
     atomic_write_json(RESULTS / "step_time.json", result)
     print(
         f"float32 matmul: {result['matmul_gflops']:.1f} GFLOP/s, {result['machine']['threads']} threads"

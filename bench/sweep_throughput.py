@@ -80,7 +80,6 @@ def main() -> None:
         "max_relative_final_loss_difference": worst,
         "rows": {path: results[path]["rows"] for path in results},
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(args.out, report)
     print(
         "\n| points | steps each | reference wall s | fast wall s | wall speed-up "
