@@ -693,11 +693,10 @@ def sweep_metadata(spec: Any, rows: list[Mapping[str, Any]]) -> dict[str, Any]:
     the command that realizes it."""
     from memlaw.recipe import (
         ANNEAL_FLOOR,
-        LARGE_BATCH,
-        LEARNING_RATE,
         MAX_BATCH,
         MIN_BATCH,
         UPDATES_PER_EPOCH,
+        batch_lr,
         describe_lr,
     )
 
@@ -711,11 +710,11 @@ def sweep_metadata(spec: Any, rows: list[Mapping[str, Any]]) -> dict[str, Any]:
         batch = "whole set" if spec.batch_size == 0 else f"batch {spec.batch_size}"
     cap = f"≤ {spec.max_epochs} epochs" if spec.max_epochs else f"≤ {spec.max_steps} steps"
     stop = "stop at certified recall or plateau" if spec.stop_at_certified else "stop at plateau"
-    # a fixed batch below LARGE_BATCH fixes the recipe's rate; else each point's rate follows
-    # its set size and batch (the recipe's rule)
+    # a fixed batch may settle the recipe's rate; else each point's rate follows its set size
+    # and batch (the recipe's rule)
     lr = spec.lr
-    if lr is None and spec.batch_size and spec.batch_size < LARGE_BATCH:
-        lr = LEARNING_RATE
+    if lr is None and spec.batch_size:
+        lr = batch_lr(spec.batch_size)
     rate = describe_lr(lr)
     if spec.anneal_patience:
         rate += (

@@ -85,6 +85,17 @@ def default_batch_size(n_items: int) -> int:
     return min(MAX_BATCH, max(MIN_BATCH, math.ceil(n_items / UPDATES_PER_EPOCH)))
 
 
+def batch_lr(batch_size: int) -> float | None:
+    """The rate when the batch alone settles it: :data:`LEARNING_RATE` below
+    :data:`LARGE_BATCH` items, whatever the set's size; ``None`` from :data:`LARGE_BATCH` up,
+    where the rate also depends on the updates per epoch (:func:`default_lr`).
+
+    >>> [batch_lr(b) for b in (4, 15, 16)]
+    [0.01, 0.01, None]
+    """
+    return LEARNING_RATE if batch_size < LARGE_BATCH else None
+
+
 def default_lr(batch_size: int, n_items: int) -> float:
     """The rate for ``n_items`` trained in batches of ``batch_size``:
     :data:`LARGE_BATCH_LEARNING_RATE` at batches of :data:`LARGE_BATCH` items or more with at
@@ -96,8 +107,10 @@ def default_lr(batch_size: int, n_items: int) -> float:
     >>> [default_lr(b, 100) for b in (4, 15, 100)]
     [0.01, 0.01, 0.03]
     """
-    updates = math.ceil(n_items / max(batch_size, 1))
-    if batch_size >= LARGE_BATCH and updates <= LARGE_BATCH_MAX_UPDATES:
+    fixed = batch_lr(batch_size)
+    if fixed is not None:
+        return fixed
+    if math.ceil(n_items / batch_size) <= LARGE_BATCH_MAX_UPDATES:
         return LARGE_BATCH_LEARNING_RATE
     return LEARNING_RATE
 
