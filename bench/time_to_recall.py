@@ -40,7 +40,8 @@ checks certification at every step from the training forward pass, so the check 
 studied where a check costs a pass of its own: a plain PEFT loop with the baselines' recipe,
 checked every epoch and continued until every interval of ``--search-check-every`` has found
 its stop. Checks change nothing in the trajectory, so one run per seed gives each interval's
-exact stopping epoch and time.
+exact stopping epoch and time. ``--check-interval-only`` runs that study alone, at the
+baselines' recipe, without the search (it goes to the JSON's ``check_interval``).
 
 Tasks: PB1000 (``../shared/benchmarks/phonebook/PB1000.jsonl``, 100 entries, ℓ ≈ 1000) and
 Long-Context ``r20.jsonl`` (20% random tokens, as in ``bench/memft_vs_sft.py``) at ℓ = 512;
@@ -1181,6 +1182,17 @@ def search_task(task: dict, args, journal: Journal) -> dict:
     return result
 
 
+def study_task(task: dict, args, journal: Journal) -> dict:
+    """The check-interval study alone (``--check-interval-only``), at the task's recipe, with
+    no recipe search before it."""
+    from memlaw.models import load_model
+
+    base, tokenizer = load_model(args.model)
+    encoded = encoded_set(str(task["data"]), task["length"], tokenizer, base)
+    intervals = tuple(_ints(args.search_check_every)) or (1,)
+    return check_interval_study(base, tokenizer, encoded, task, intervals, args, journal)
+
+
 def check_interval_study(base, tokenizer, encoded, task, intervals, args, journal) -> dict:
     """For a loop whose certification check is a pass of its own (a Trainer callback, a plain
     loop), what checking every k epochs costs: from one plain PEFT run per seed, checked every
@@ -1358,21 +1370,22 @@ def print_search(key: str, search: dict) -> None:
         )
     print(f"\nfastest robust recipe: `{search['recipe'] or 'none certified on every seed'}`")
     print(f"({search['note']})")
-    study = search.get("check_interval")
-    if study:
+    if search.get("check_interval"):
+        print_check_interval(search["check_interval"])
+
+
+def print_check_interval(study: dict) -> None:
+    print(
+        f"\nCertification check interval, {study['loop']} (lr {study['lr']:g} "
+        f"{study['schedule']}, batch {study['batch_size'] or 'full'}, rank {study['rank']}):\n"
+    )
+    print("| check every (epochs) | certified | epochs | checks | s to certified | s per check |")
+    print("|---|---|---|---|---|---|")
+    for r in study["rows"]:
         print(
-            f"\nCertification check interval, {study['loop']} (lr {study['lr']:g} "
-            f"{study['schedule']}, batch {study['batch_size'] or 'full'}, rank {study['rank']}):\n"
+            f"| {r['every']} | {r['certified_runs']}/{r['runs']} | {fmt(r['epochs'], 0)} "
+            f"| {fmt(r['checks'], 0)} | {fmt(r['seconds'], 1)} | {fmt(r['check_seconds'], 2)} |"
         )
-        print(
-            "| check every (epochs) | certified | epochs | checks | s to certified | s per check |"
-        )
-        print("|---|---|---|---|---|---|")
-        for r in study["rows"]:
-            print(
-                f"| {r['every']} | {r['certified_runs']}/{r['runs']} | {fmt(r['epochs'], 0)} "
-                f"| {fmt(r['checks'], 0)} | {fmt(r['seconds'], 1)} | {fmt(r['check_seconds'], 2)} |"
-            )
 
 
 def _median(s: dict | None) -> float:
@@ -1565,6 +1578,11 @@ def main(argv: list[str] | None = None) -> None:
         default="1,2,4",
         help="check intervals (epochs) studied on the plain PEFT loop; empty: skip",
     )
+    parser.add_argument(
+        "--check-interval-only",
+        action="store_true",
+        help="only the check-interval study (--search-check-every), no search, no contenders",
+    )
     parser.add_argument("--threads", type=int, help="torch threads per run (default: torch's)")
     parser.add_argument("--workdir", type=Path, help="adapters and logs (default: a temp dir)")
     parser.add_argument("--out", type=Path, default=RESULTS / "time_to_recall.json")
@@ -1585,6 +1603,8 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     set_threads()
     contenders = [c.strip() for c in args.contenders.split(",") if c.strip()]
+    if args.check_interval_only:
+        contenders = []
     for name in contenders:
         if name not in CONTENDERS:
             raise SystemExit(f"unknown contender '{name}': use {', '.join(CONTENDERS)}")
@@ -1629,6 +1649,7 @@ def main(argv: list[str] | None = None) -> None:
         "settings": {k: str(v) for k, v in vars(args).items()},
         "contenders": {k: CONTENDERS[k] for k in contenders},
         "search": {},
+        "check_interval": {},
         "tasks": [],
     }
 
@@ -1639,7 +1660,11 @@ def main(argv: list[str] | None = None) -> None:
         report["journal"] = {"path": str(args.journal), "runs_reused": journal.reused}
         atomic_write_text(args.out, json.dumps(report, indent=2, default=str) + "\n")
 
-    if args.search:
+    if args.check_interval_only:
+        for task in tasks:
+            report["check_interval"][task["key"]] = study_task(task, args, journal)
+            write()
+    elif args.search:
         for task in tasks:
             report["search"][task["key"]] = search_task(task, args, journal)
             write()
@@ -1685,6 +1710,9 @@ def main(argv: list[str] | None = None) -> None:
     write()
     for key, search in report["search"].items():
         print_search(key, search)
+    for key, study in report["check_interval"].items():
+        print(f"\n### {key}")
+        print_check_interval(study)
     for task in report["tasks"]:
         if task.get("summary"):
             print_task(task)

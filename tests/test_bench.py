@@ -128,6 +128,35 @@ def test_time_to_recall_bench_runs_every_contender(tmp_path):
     assert all(ln.endswith("(journal)") for ln in searches)  # nothing searched again
 
 
+def test_time_to_recall_check_interval_study_runs_alone(tmp_path):
+    """--check-interval-only: the plain-loop study without a search or contenders; each
+    interval's stop is a multiple of it, and a rerun takes the seed from the journal."""
+    out = tmp_path / "study.json"
+    command = [
+        sys.executable,
+        str(BENCH / "time_to_recall.py"),
+        *("--model", "tiny", "--tasks", "pb", "--generate-phonebook", "3", "--seeds", "0"),
+        *("--rank", "4", "--lr", "0.05", "--batch-size", "0", "--max-epochs", "80"),
+        *("--check-interval-only", "--search-check-every", "1,2,4"),
+        *("--workdir", str(tmp_path / "work"), "--out", str(out)),
+    ]
+    done = run_bench(command)
+    report = json.loads(out.read_text())
+    study = report["check_interval"]["pb"]
+    assert report["search"] == {} and report["contenders"] == {}
+    assert report["tasks"][0]["runs"] == []
+    assert [r["every"] for r in study["rows"]] == [1, 2, 4]
+    assert study["lr"] == 0.05 and study["loop"].startswith("plain PEFT")
+    stops = {row["every"]: row for row in study["per_seed"]}
+    for every, row in stops.items():  # tiny certifies in ~13 epochs, far below the cap
+        assert row["certified"] and row["epochs"] % every == 0
+        assert row["checks"] == row["epochs"] // every
+        assert row["epochs"] >= stops[1]["epochs"]  # a sparser check never stops sooner
+    assert "Certification check interval" in done.stdout
+    run_bench(command)
+    assert json.loads(out.read_text())["journal"]["runs_reused"] == 1
+
+
 def test_memft_at_capacity_bench_runs_reports_and_resumes(tmp_path):
     """Every part on `tiny` (a tiny regime, two methods, two seeds, two epoch caps, a small
     Long-Context file, a two-rank efficiency grid, the audit); a second run resumes: it runs no
