@@ -1189,7 +1189,7 @@ def study_task(task: dict, args, journal: Journal) -> dict:
 
     base, tokenizer = load_model(args.model)
     encoded = encoded_set(str(task["data"]), task["length"], tokenizer, base)
-    intervals = tuple(_ints(args.search_check_every)) or (1,)
+    intervals = tuple(_ints(args.search_check_every))
     return check_interval_study(base, tokenizer, encoded, task, intervals, args, journal)
 
 
@@ -1596,6 +1596,8 @@ def main(argv: list[str] | None = None) -> None:
         "--no-reuse", action="store_true", help="run everything again (still journalled)"
     )
     args = parser.parse_args(argv)
+    if args.check_interval_only and not _ints(args.search_check_every):
+        parser.error("--check-interval-only needs intervals: give --search-check-every, e.g. 1,2,4")
     args.journal = args.journal or args.out.with_name(f"{args.out.stem}-runs.jsonl")
     args.seed_list = _ints(args.seeds)
     if args.threads:

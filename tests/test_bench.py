@@ -155,6 +155,10 @@ def test_time_to_recall_check_interval_study_runs_alone(tmp_path):
     assert "Certification check interval" in done.stdout
     run_bench(command)
     assert json.loads(out.read_text())["journal"]["runs_reused"] == 1
+    empty = subprocess.run(
+        [*command, "--search-check-every", ""], capture_output=True, text=True, timeout=120
+    )
+    assert empty.returncode == 2 and "--check-interval-only needs intervals" in empty.stderr
 
 
 def test_memft_at_capacity_bench_runs_reports_and_resumes(tmp_path):
