@@ -339,6 +339,18 @@ def test_the_shipped_law_plans_for_the_default_model(shipped, tmp_path, capsys, 
         assert "certified_length" not in result["holds"]
 
 
+def test_the_shipped_law_names_the_method_past_a_ranks_capacity(tmp_path, capsys, monkeypatch):
+    """Rank 1 on 2,000 PhoneBook tokens is where the capacity benchmark measured every method:
+    the plan says to train it with SFT and which rank holds the whole set."""
+    code, out, err = memlaw(
+        capsys, monkeypatch, "plan", "--length", 2000, "--rank", 1, "--png", tmp_path / "p.png",
+    )  # fmt: skip
+    assert code == 0, err
+    said = " ".join(out.split())  # the console wraps long lines
+    assert "rank 1 cannot certify this set" in said and "train it with --method sft" in said
+    assert "to hold it all, train rank" in said
+
+
 def test_the_shipped_law_agrees_with_every_point_it_measured(shipped):
     """Where the law's own grid certified a set (every item) the recall law says the N_eff
     certifies it, and where it did not, that it does not: the plan is held to its points."""

@@ -167,6 +167,22 @@ def test_a_rank_off_the_grid_is_planned_too():
     assert result.holds["rank"] == 3 and result.holds["on_this_set"]["n_eff"] == 3
 
 
+def test_a_rank_past_capacity_is_told_the_method_that_holds_most():
+    """The plan names the method with the rank: the law's own where the rank certifies the set,
+    SFT where the set is past the rank's capacity (no MemFT variant certified more there)."""
+    law = make_law(method="memft")
+    assert plan(law, FACTS).method == "memft"  # the certifying rank, trained as the law was
+    assert plan(law, FACTS, current_rank=8).method == "memft"
+    past = plan(law, FACTS, current_rank=2)
+    assert past.method == plan_module.AT_CAPACITY_METHOD == "sft"
+    [note] = [n for n in past.notes if "past that rank's capacity" in n]
+    assert "rank 2 cannot certify" in note and "--method sft" in note
+    assert "to hold it all, train rank 4" in note
+    assert past.to_dict()["method"] == "sft"
+    # without recall data nothing tells whether the rank holds the set: no method is named
+    assert plan(make_law(recall=None), FACTS, current_rank=2).method is None
+
+
 # --- what the rows say ------------------------------------------------------------------------
 
 

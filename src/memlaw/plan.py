@@ -8,6 +8,8 @@
   reproduces every item.
 - *How much can this rank hold?* The most target tokens that rank certifies, ℓ*(N), and the
   memorized information it is predicted to store on this set.
+- *Which method?* The law's own at a rank that certifies the set; SFT at a rank the set is
+  past the capacity of, where no MemFT variant certified more (:data:`AT_CAPACITY_METHOD`).
 
 Both come with ΔL and memorized bits per rank. A plan for data of another kind, another model
 or other adapted modules than the law was measured on is refused (``force`` turns the refusal
@@ -22,6 +24,10 @@ into a note). A law without recall data plans no certifying rank.
 >>> result = plan(law, MemorySet(length=1000, base_loss=3.4, info_baseline=2.3, kind="facts"))
 >>> result.certifying_rank, result.certifying_rank_range  # no bootstrap: no interval width
 (3, (3, 3))
+>>> result.method  # trained as the law was measured
+'sft'
+>>> plan(law, result.memory, current_rank=1).method  # past rank 1's capacity
+'sft'
 """
 
 from __future__ import annotations
@@ -51,6 +57,13 @@ from memlaw.law import MemoryLaw, saturating_delta  # noqa: F401 (the doctest's)
 from memlaw.recipe import ANNEAL_PATIENCE
 
 DEFAULT_RANKS = tuple(2**i for i in range(7))  # 1, 2, 4, …, 64
+# The method to train a rank that cannot hold the set: past capacity no MemFT variant
+# certified more items than SFT (bench/memft_at_capacity.py, docs/benchmarks.md).
+AT_CAPACITY_METHOD = "sft"
+AT_CAPACITY_EVIDENCE = (
+    "measured on smollm2-135m, PhoneBook, rank 1 on 2,000 tokens, 3 seeds to plateau: "
+    "sft certified 28% of items, memft 25%, memft-sw 2%, memft-ot 1%"
+)
 
 
 @dataclass(frozen=True)
@@ -74,7 +87,9 @@ class PlanResult:
     bits), ``bits_per_param``, ``certified_share`` (the recall law's), ``certifies`` and
     ``extrapolated``. ``certifying_rank`` is the smallest rank whose N_eff reaches N*(ℓ),
     ``certifying_rank_range`` the ranks at N*'s 95% interval; ``holds`` answers "how much can
-    this rank hold" for ``current`` (or the certifying rank).
+    this rank hold" for ``current`` (or the certifying rank); ``method`` is the method to
+    train that rank with: the law's own where it certifies the set, :data:`AT_CAPACITY_METHOD`
+    where the set is past its capacity (None: no recall data to tell).
     """
 
     memory: MemorySet
@@ -86,6 +101,7 @@ class PlanResult:
     certifying_rank_range: tuple[int, int] | None
     holds: dict[str, Any] | None
     notes: list[str] = field(default_factory=list)
+    method: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict of every field."""
@@ -304,8 +320,10 @@ def plan(
     if current_rank is not None:
         current_rank = _whole(current_rank, "the current rank")
     held_rank = current_rank or (None if certifying is None else _rank_for(certifying, layers))
+    method = None
     if held_rank is not None:
         holds = _holds(law, memory, held_rank, layers, span, recall)
+        method = _method_for(law, holds, certifying, layers, notes)
     return PlanResult(
         memory=memory,
         layers=layers,
@@ -316,7 +334,28 @@ def plan(
         certifying_rank_range=certifying_range,
         holds=holds,
         notes=notes,
+        method=method,
     )
+
+
+def _method_for(law, holds, certifying, layers: int, notes: list[str]) -> str | None:
+    """The method to train the held rank with; a note when the set is past its capacity."""
+    certifies = holds["on_this_set"]["certifies"]
+    if certifies is None:
+        return None
+    if certifies:
+        return str((getattr(law, "metadata_", None) or {}).get("method", "sft"))
+    whole = (
+        ""
+        if certifying is None
+        else f"; to hold it all, train rank {_rank_for(certifying, layers)}"
+    )
+    notes.append(
+        f"rank {holds['rank']} cannot certify this set, it is past that rank's capacity: "
+        f"train it with --method {AT_CAPACITY_METHOD}, as no MemFT variant "
+        f"certified more there ({AT_CAPACITY_EVIDENCE}){whole}"
+    )
+    return AT_CAPACITY_METHOD
 
 
 def _measured_text(recall: Mapping[str, Any], length: float) -> str:

@@ -209,7 +209,8 @@ def train(
     log, token_probabilities, last_good, elapsed = saver.restore(parts)
     started -= elapsed
     stop_reason = "budget"
-    for step, epoch, batch_items in budget.batches(config.seed, objective.curriculum, config):
+    batches = budget.batches(config.seed, objective.curriculum, config)
+    for step, epoch, batch_items, epoch_ends, whole_set in batches:
         if log and step < log[-1].step:  # trained before the checkpoint
             continue
         tick = time.perf_counter()
@@ -238,10 +239,12 @@ def train(
         log.append(entry)
         if on_step is not None:
             on_step(entry, budget.total_steps)
-        if budget.epoch_ends(step) and stopper.plateaued(log):
+        # A plateau is judged on epochs of the whole set only: a curriculum's epochs see a
+        # growing share of it, so its plateau is judged once it trains on every item.
+        if epoch_ends and whole_set and stopper.plateaued(log):
             stop_reason = "plateau"
             break
-        if budget.epoch_ends(step):
+        if epoch_ends:  # a curriculum's short epochs too: a killed run loses at most `every`
             seconds = time.perf_counter() - started
             # the cap's epoch is saved too: the same run under a longer cap continues from it
             last = step + 1 == budget.total_steps
@@ -403,12 +406,10 @@ class _Budget:
         total = epochs * per_epoch if epochs else config.steps
         return cls(n_items, batch_size, full_batch, per_epoch, total, math.ceil(total / per_epoch))
 
-    def epoch_ends(self, step: int) -> bool:
-        return (step + 1) % self.batches_per_epoch == 0
-
     def batches(self, seed: int, curriculum: bool, config: TrainConfig):
-        """(step, epoch, items) for every step: items shuffled per epoch (one seeded order),
-        the curriculum's growing prefix of a fixed random order when it is on."""
+        """(step, epoch, items, last of its epoch, the epoch trains every item) for every
+        step: items shuffled per epoch (one seeded order), the curriculum's growing prefix of a
+        fixed random order when it is on (fewer batches, numbered as a whole epoch's first)."""
         order_rng = random.Random(seed)
         boundaries = config.curriculum_boundaries or objectives.default_boundaries(
             self.total_epochs
@@ -426,8 +427,10 @@ class _Budget:
                     order_rng.shuffle(pool)
                 size = self.batch_size
                 epoch_batches = [pool[i : i + size] for i in range(0, len(pool), size)]
-            if step % self.batches_per_epoch < len(epoch_batches):  # a short curriculum epoch
-                yield step, epoch, epoch_batches[step % self.batches_per_epoch]
+            index = step % self.batches_per_epoch
+            if index < len(epoch_batches):  # a short curriculum epoch has fewer
+                last = index == len(epoch_batches) - 1
+                yield step, epoch, epoch_batches[index], last, len(pool) == self.n_items
 
 
 class _StepState:
