@@ -314,23 +314,24 @@ def plan(
         )
     else:
         certifying, certifying_range = _certifying(recall, memory, layers, notes)
-    if certifying is not None:
-        grid = sorted(set(grid) | {_rank_for(certifying, layers)})
+    certifying_rank = None if certifying is None else _rank_for(certifying, layers)
+    if certifying_rank is not None:
+        grid = sorted(set(grid) | {certifying_rank})
     rows = [_row(law, memory, rank, layers, span, recall) for rank in grid]
     if current_rank is not None:
         current_rank = _whole(current_rank, "the current rank")
-    held_rank = current_rank or (None if certifying is None else _rank_for(certifying, layers))
+    held_rank = current_rank or certifying_rank
     method = None
     if held_rank is not None:
         holds = _holds(law, memory, held_rank, layers, span, recall)
-        method = _method_for(law, holds, certifying, layers, notes)
+        method = _method_for(law, holds, certifying_rank, notes)
     return PlanResult(
         memory=memory,
         layers=layers,
         law=law.describe(),
         rows=rows,
         certifying_n_eff=certifying,
-        certifying_rank=None if certifying is None else _rank_for(certifying, layers),
+        certifying_rank=certifying_rank,
         certifying_rank_range=certifying_range,
         holds=holds,
         notes=notes,
@@ -338,18 +339,19 @@ def plan(
     )
 
 
-def _method_for(law, holds, certifying, layers: int, notes: list[str]) -> str | None:
+def _law_method(law: MemoryLaw) -> str:
+    """The method the law's sweep trained with (SFT for laws that do not say)."""
+    return str((getattr(law, "metadata_", None) or {}).get("method", "sft"))
+
+
+def _method_for(law, holds, certifying_rank: int | None, notes: list[str]) -> str | None:
     """The method to train the held rank with; a note when the set is past its capacity."""
     certifies = holds["on_this_set"]["certifies"]
     if certifies is None:
         return None
     if certifies:
-        return str((getattr(law, "metadata_", None) or {}).get("method", "sft"))
-    whole = (
-        ""
-        if certifying is None
-        else f"; to hold it all, train rank {_rank_for(certifying, layers)}"
-    )
+        return _law_method(law)
+    whole = "" if certifying_rank is None else f"; to hold it all, train rank {certifying_rank}"
     notes.append(
         f"rank {holds['rank']} cannot certify this set, it is past that rank's capacity: "
         f"train it with --method {AT_CAPACITY_METHOD}, as no MemFT variant "
@@ -414,7 +416,7 @@ def train_command(
     parts = ["memlaw train", f"--data {shlex.quote(str(data))}" if data else "--data FILE"]
     if meta.get("model"):
         parts.append(f"--model {shlex.quote(str(meta['model']))}")
-    parts += [f"--method {meta.get('method', 'sft')}", f"--rank {rank}"]
+    parts += [f"--method {_law_method(law)}", f"--rank {rank}"]
     if layer_indices:
         parts.append(f"--layers {','.join(str(x) for x in layer_indices)}")
     if meta.get("modules"):
