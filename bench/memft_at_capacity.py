@@ -1079,6 +1079,9 @@ def plot_efficiency(efficiency: dict, path: Path) -> Path | None:
             by_length.setdefault(c["length"], {}).setdefault(c["method"], []).append(c)
     if not by_length:
         return None
+    # One colour per method in every panel (a panel holds only the methods that ran there).
+    order = dict.fromkeys(c["method"] for c in efficiency["cells"])
+    colour = {method: f"C{i % 10}" for i, method in enumerate(order)}
     figure = Figure(figsize=(5.2 * len(by_length), 4.2), layout="constrained")
     axes_list = figure.subplots(1, len(by_length), squeeze=False).ravel()
     for axes, (length, methods) in zip(axes_list, sorted(by_length.items()), strict=True):
@@ -1088,7 +1091,15 @@ def plot_efficiency(efficiency: dict, path: Path) -> Path | None:
             mean = [c["certified_share"]["mean"] for c in cells]
             low = [m - c["certified_share"]["min"] for m, c in zip(mean, cells, strict=True)]
             high = [c["certified_share"]["max"] - m for m, c in zip(mean, cells, strict=True)]
-            axes.errorbar(ranks, mean, yerr=[low, high], marker="o", capsize=3, label=method)
+            axes.errorbar(
+                ranks,
+                mean,
+                yerr=[low, high],
+                marker="o",
+                capsize=3,
+                label=method,
+                color=colour[method],
+            )
         axes.set_xscale("log", base=2)
         axes.set_xticks(efficiency["ranks"], [str(r) for r in efficiency["ranks"]])
         axes.set_ylim(-0.03, 1.03)
@@ -1096,7 +1107,7 @@ def plot_efficiency(efficiency: dict, path: Path) -> Path | None:
         axes.set_ylabel("certified share (items)")
         axes.set_title(f"PhoneBook ℓ {length}")
         axes.grid(alpha=0.3)
-    axes_list[-1].legend(fontsize=8, loc="lower right")
+        axes.legend(fontsize=8, loc="lower right")
     return save_png(figure, path)
 
 

@@ -415,3 +415,35 @@ def test_bench_doctests():
     for name in ("time_to_recall", "memft_at_capacity", "recipe_rule", "fixed_costs"):
         result = doctest.testmod(load_bench(name))
         assert result.failed == 0 and (result.attempted > 0 or name != "time_to_recall"), name
+
+
+def test_memft_at_capacity_figure_keeps_one_colour_per_method(tmp_path, monkeypatch):
+    """A panel holds only the methods that ran at its length; a method keeps its colour (and
+    every panel its legend), so the ℓ 1000 panel cannot show memft in memft-sw's colour."""
+    from matplotlib.colors import to_hex
+
+    import memlaw.figures
+
+    bench = load_bench("memft_at_capacity")
+    figures = []
+    monkeypatch.setattr(memlaw.figures, "save_png", lambda figure, path: figures.append(figure))
+
+    def cell(length, method, share):  # share None: nothing ran there yet
+        stats = None if share is None else {"mean": share, "min": share, "max": share}
+        return {"length": length, "rank": 1, "method": method, "certified_share": stats}
+
+    cells = [cell(1000, "sft", 1.0), cell(1000, "memft-sw", None), cell(1000, "memft", 0.9)]
+    cells += [cell(2000, "sft", 0.3), cell(2000, "memft-sw", 0.02), cell(2000, "memft", 0.25)]
+    efficiency = {"ranks": [1, 2], "cells": cells}
+    bench.plot_efficiency(efficiency, tmp_path / "f.png")
+    (figure,) = figures
+    colours = []
+    for axes in figure.axes:
+        legend = axes.get_legend()
+        assert legend is not None
+        names = [text.get_text() for text in legend.get_texts()]
+        handles = legend.legend_handles
+        colours.append({n: to_hex(h.get_color()) for n, h in zip(names, handles, strict=True)})
+    short, full = colours
+    assert set(short) == {"sft", "memft"} and set(full) == {"sft", "memft-sw", "memft"}
+    assert all(short[m] == full[m] for m in short)
