@@ -1,6 +1,7 @@
 """The default recipe: batch size by set size, the epoch cap, and annealing on plateau."""
 
 import pytest
+import torch
 
 from memlaw.adapters import LoraSpec
 from memlaw.data import encode_items, generate_phonebook, generate_random_tokens
@@ -81,3 +82,34 @@ def test_a_constant_rate_without_a_plateau_test_trains_the_whole_budget():
     run = train(model, tokenizer, encoded, LoraSpec(rank=1), config, final_probe=False)
     assert run.stop_reason == "budget" and run.steps == 30
     assert run.config["final_lr"] == pytest.approx(1e-2)
+
+
+def _stop_epoch(certified_per_epoch: list[int], patience: int = 2) -> int | None:
+    """The epoch at which the recipe's stop ends a run whose plain loss is flat throughout."""
+    from memlaw.train import StepLog, _Stopper
+
+    weight = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.AdamW([weight], lr=1.0)
+    stopper = _Stopper(TrainConfig(method="memft", lr=1.0, anneal_patience=patience), optimizer, 3)
+    log = []
+    for epoch, certified in enumerate(certified_per_epoch, start=1):
+        log.append(
+            StepLog(step=epoch, loss=0.5, objective=0.5, active_tokens=1, above_share=0.5,
+                    certified_items=certified, exact_items=0, skipped=False, grad_norm=None,
+                    seconds=0.0, epoch=epoch, tokens=1)
+        )  # fmt: skip
+        if stopper.plateaued(log):
+            return epoch
+    return None
+
+
+def test_the_stop_waits_while_items_still_cross_the_boundary():
+    # a flat loss halves the rate every 3 epochs (patience 2) to the floor, then stops
+    flat = _stop_epoch([5] * 40)
+    assert flat is not None and flat < 20
+    # the same flat loss, one more item certified every other epoch until epoch 30: not a plateau
+    rising = [5 + min(epoch, 30) // 2 for epoch in range(60)]
+    stopped = _stop_epoch(rising)
+    assert stopped is not None and 30 < stopped < 40
+    # a count that only falls back and returns to an earlier best is no progress
+    assert _stop_epoch([7, 5, 6, 7, 6, 7] * 7) == flat

@@ -46,7 +46,7 @@ MIN_BATCH = 4
 MAX_BATCH = 16
 MAX_EPOCHS = 400
 # Halve the rate after this many epochs without a 1% better loss, down to lr / 8; a plateau
-# there ends the run (memlaw.train._Stopper).
+# there ends the run unless items are still being certified (memlaw.train._Stopper).
 ANNEAL_PATIENCE = 10
 ANNEAL_FLOOR = 1 / 8
 

@@ -469,7 +469,11 @@ class _Stopper:
     With ``anneal_patience`` (memlaw train's default), the learning rate is halved whenever
     the epoch's loss has not improved by 1% (relative) for that many epochs
     (``torch.optim.lr_scheduler.ReduceLROnPlateau``), down to ``lr × anneal_floor``; the run
-    has plateaued when it fails to improve for that long at the floor. A constant rate keeps
+    has plateaued when it fails to improve for that long at the floor and no epoch of that
+    stretch certified more items than any before (:func:`certified_still_rising`: MemFT's plain
+    loss stays flat while its last items cross; PB1000 rank 1, memft seeds 1 and 2 were stopped
+    at 99 and 97 of 100 items and certified all 100 within 7 and 99 more epochs at the floor
+    rate, ``bench/stop_rule_check.py``). A constant rate keeps
     knocking memorized tokens back below p = 0.5 near the end (a rank-8 run on PB1000 reached
     98 of 100 items certified, then fell back to 69); annealing lets them settle. Otherwise,
     with ``plateau_window``, the windowed test of :func:`_plateaued`.
@@ -503,7 +507,27 @@ class _Stopper:
         self.scheduler.step(loss)
         improved = self.scheduler.best != best  # it moves only on a 1% better loss
         # At the floor, a reduction it cannot make resets the count: no progress for too long.
-        return at_floor and not improved and self.scheduler.num_bad_epochs == 0
+        stalled = at_floor and not improved and self.scheduler.num_bad_epochs == 0
+        if not stalled:
+            return False
+        # read from the log, so a resumed run decides as the uninterrupted one would
+        counts = [certified for _, certified in epoch_summaries(log)]
+        return not certified_still_rising(counts, self.config.anneal_patience + 1)
+
+
+def certified_still_rising(counts: list[int], epochs: int) -> bool:
+    """Whether one of the last ``epochs`` entries of ``counts`` (certified items per epoch)
+    beats every entry before it: items still crossing p = 0.5 are progress even when the plain
+    loss is flat, as under MemFT, which stops pushing tokens past its margin. The recipe's stop
+    asks it over its patience (so a sweep's stored epochs tell which runs it would change).
+
+    >>> certified_still_rising([5, 7, 6], epochs=2)
+    True
+    >>> certified_still_rising([7, 7, 6], epochs=2)
+    False
+    """
+    recent, before = counts[-epochs:], counts[:-epochs]
+    return max(recent, default=0) > max(before, default=-1)
 
 
 def _last_epoch_loss(log: list[StepLog]) -> float:
