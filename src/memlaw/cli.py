@@ -72,7 +72,8 @@ AnnealOption = typer.Option(
     ANNEAL_PATIENCE,
     "--anneal-patience",
     help="Halve the rate after this many epochs without a 1% better loss (down to lr/8); a "
-    "plateau there ends the run (0: a constant rate; a sweep then stops on --plateau-window).",
+    "plateau there (no better loss and no more items certified) ends the run (0: a constant "
+    "rate; a sweep then stops on --plateau-window).",
 )
 
 
