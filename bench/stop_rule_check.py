@@ -55,7 +55,7 @@ def continue_point(db: Path, key: str, epochs: int) -> dict:
 
     store = SweepStore(db)
     spec = store.spec()
-    (row,) = store.rows(key=key)
+    (row,) = store.rows(with_record=True, key=key)
     blob = store.blob(key, "adapter")
     if blob is None:
         raise SystemExit(f"point {key} of {db} kept no adapter: it cannot be continued")
@@ -64,7 +64,7 @@ def continue_point(db: Path, key: str, epochs: int) -> dict:
     encoded = memory_set_for(spec, point.length, tokenizer)
     baseline = baseline_for(spec, encoded, tokenizer)
     config, lora = point_run(spec, point, model, len(encoded), baseline)
-    floor = config.lr * config.anneal_floor
+    floor = row["record"]["config"]["lr"] * config.anneal_floor  # the rate as the run resolved it
     config = replace(
         config, lr=floor, epochs=epochs, steps=None, anneal_patience=None, plateau_window=None
     )

@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 
 
@@ -447,3 +449,45 @@ def test_memft_at_capacity_figure_keeps_one_colour_per_method(tmp_path, monkeypa
     short, full = colours
     assert set(short) == {"sft", "memft"} and set(full) == {"sft", "memft-sw", "memft"}
     assert all(short[m] == full[m] for m in short)
+
+
+def test_stop_rule_check_replays_drops_and_continues(tmp_path):
+    """The replay picks exactly the plateau rows whose certified count still rose within the
+    patience; --drop deletes them and keeps their old results; a continuation starts from the
+    row's stored adapter (its first epoch's loss is the row's final loss, not the base loss)."""
+    import sqlite3
+
+    from memlaw.sweep import LocalExecutor, SweepSpec, SweepStore, run_sweep
+
+    check = load_bench("stop_rule_check")
+    spec = SweepSpec(
+        model="tiny", data="phonebook", ranks=(1,), lengths=(16,), seeds=(0, 1),
+        methods=("memft",), max_epochs=30, anneal_patience=2,
+    )  # fmt: skip
+    db = tmp_path / "s.db"
+    run_sweep(spec, SweepStore(db, spec), LocalExecutor(workers=1), progress=False)
+    connection = sqlite3.connect(db)
+    # seed 0: a new best certified count in its last 3 epochs; seed 1: its best long before
+    for seed, counts in ((0, [1, 2, 2, 3]), (1, [3, 2, 2, 2])):
+        key = f"r1-l16-n1-memft-s{seed}"
+        (text,) = connection.execute("SELECT record FROM points WHERE key = ?", (key,)).fetchone()
+        record = json.loads(text) | {"epochs": [[0.5, c] for c in counts]}
+        connection.execute(
+            "UPDATE points SET stop_reason = 'plateau', record = ? WHERE key = ?",
+            (json.dumps(record), key),
+        )
+    connection.commit()
+    connection.close()
+    changed = check.changed_rows(db)
+    assert [row["key"] for row in changed] == ["r1-l16-n1-memft-s0"]
+    out = tmp_path / "check.json"
+    check.drop_rows(db, changed, out)
+    assert SweepStore(db).finished_keys() == {"r1-l16-n1-memft-s1"}
+    superseded = json.loads(out.read_text())["superseded"]
+    assert superseded["s.db:r1-l16-n1-memft-s0"]["stop_reason"] == "plateau"
+    (kept,) = SweepStore(db).rows(with_record=True)
+    entry = check.continue_point(db, kept["key"], epochs=2)
+    assert entry["continued_at_lr"] == pytest.approx(kept["record"]["config"]["lr"] / 8)
+    assert 1 <= entry["epochs_run"] <= 2 and entry["stop_reason"] in ("budget", "certified")
+    first = entry["loss_per_epoch"][0]
+    assert abs(first - kept["final_loss"]) < abs(first - kept["base_loss"]) / 10
