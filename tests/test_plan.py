@@ -169,7 +169,7 @@ def test_a_rank_off_the_grid_is_planned_too():
 
 def test_a_rank_past_capacity_is_told_the_method_that_holds_most():
     """The plan names the method with the rank: the law's own where the rank certifies the set,
-    SFT where the set is past the rank's capacity (no MemFT variant certified more there)."""
+    SFT where the set is past the rank's capacity (no MemFT variant certified more on every seed)."""
     law = make_law(method="memft")
     assert plan(law, FACTS).method == "memft"  # the certifying rank, trained as the law was
     assert plan(law, FACTS, current_rank=8).method == "memft"
