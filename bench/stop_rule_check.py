@@ -57,6 +57,7 @@ def continue_point(db: Path, key: str, epochs: int) -> dict:
     spec = store.spec()
     (row,) = store.rows(with_record=True, key=key)
     blob = store.blob(key, "adapter")
+    store.close()
     if blob is None:
         raise SystemExit(f"point {key} of {db} kept no adapter: it cannot be continued")
     point = SweepPoint(row["rank"], row["length"], row["layers"], row["method"], row["seed"])
@@ -117,7 +118,7 @@ def changed_rows(db: Path) -> list[dict]:
     patience = store.spec().anneal_patience
     changed = []
     for row in store.rows(with_record=True):
-        counts = [certified for _, certified in row["record"].get("epochs", [])]
+        counts = [certified for _, certified in (row["record"] or {}).get("epochs", [])]
         if patience and row["stop_reason"] == "plateau" and counts:
             if certified_still_rising(counts, patience + 1):
                 changed.append(row)

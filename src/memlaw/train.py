@@ -473,7 +473,8 @@ class _Stopper:
     stretch certified more items than any before (:func:`certified_still_rising`: MemFT's plain
     loss stays flat while its last items cross; PB1000 rank 1, memft seeds 1 and 2 were stopped
     at 99 and 97 of 100 items and certified all 100 within 7 and 99 more epochs at the floor
-    rate, ``bench/stop_rule_check.py``). A constant rate keeps
+    rate, ``bench/stop_rule_check.py``; seed 1 now certifies, seed 2's count rises too slowly
+    for this wait and it still stops at 97). A constant rate keeps
     knocking memorized tokens back below p = 0.5 near the end (a rank-8 run on PB1000 reached
     98 of 100 items certified, then fell back to 69); annealing lets them settle. Otherwise,
     with ``plateau_window``, the windowed test of :func:`_plateaued`.
