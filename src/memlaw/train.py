@@ -569,7 +569,7 @@ def _plateaued(log: list[StepLog], ceiling: float, window: int, tolerance: float
     last, before = epochs[-window:], epochs[-2 * window : -window]
     last_loss = sum(loss for loss, _ in last) / window
     before_loss = sum(loss for loss, _ in before) / window
-    more_certified = max(c for _, c in last) > max(c for _, c in before)
+    more_certified = certified_still_rising([c for _, c in epochs[-2 * window :]], window)
     grew = before_loss - last_loss >= tolerance * max(ceiling - last_loss, 1e-12)
     return not (grew or more_certified)
 
