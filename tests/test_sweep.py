@@ -10,7 +10,14 @@ import time
 import pytest
 
 from memlaw.errors import MemlawError
-from memlaw.sweep import LocalExecutor, SweepSpec, SweepStore, adapted_layers, run_sweep
+from memlaw.sweep import (
+    LocalExecutor,
+    SweepSpec,
+    SweepStore,
+    adapted_layers,
+    run_sweep,
+    usable_cpus,
+)
 
 GRID = {"ranks": (1, 2, 4), "lengths": (16, 32)}
 
@@ -369,3 +376,13 @@ def test_memlaw_sweep_carry_from_a_shorter_cap(tmp_path, capsys, monkeypatch):
         code, _, err = memlaw(capsys, monkeypatch, "sweep", *grid, *extra)
         assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "x.db").exists()  # refused before anything was written
+
+
+def test_a_pinned_sweep_counts_only_the_cores_it_may_use(monkeypatch):
+    # taskset -c 1 on a 2-core machine: one worker of one thread, not two threads on one core.
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {1}, raising=False)
+    assert usable_cpus() == 1
+    assert LocalExecutor().workers == 1
+    monkeypatch.delattr(os, "sched_getaffinity")  # no affinity mask (macOS): every core
+    assert usable_cpus() == 2

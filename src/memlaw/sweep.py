@@ -697,13 +697,28 @@ def _die_with_parent(parent: int) -> None:
     threading.Thread(target=watch, name="memlaw-parent-watch", daemon=True).start()
 
 
+def usable_cpus() -> int:
+    """The cores this process may run on: its CPU affinity where the OS keeps one (``taskset``,
+    a container's cpuset), else every core. ``os.cpu_count()`` counts the machine's cores even
+    when the process is pinned to fewer, which would oversubscribe them.
+
+    >>> 1 <= usable_cpus() <= (os.cpu_count() or 1)
+    True
+    """
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # macOS and Windows keep no affinity mask here
+        return max(1, os.cpu_count() or 1)
+
+
 @dataclass
 class LocalExecutor:
-    """Worker processes on this machine (one per core by default, the cores split evenly).
+    """Worker processes on this machine (one per usable core by default, the cores split
+    evenly; ``taskset -c 1 memlaw sweep …`` runs on core 1 alone, with one thread).
     Workers die with the driver, even when it is killed with SIGKILL; when the run stops early
     (a failed point, an interrupt), the points still running are stopped, not waited for."""
 
-    workers: int = field(default_factory=lambda: max(1, os.cpu_count() or 1))
+    workers: int = field(default_factory=usable_cpus)
     on_start: Callable[[SweepPoint], None] | None = None
     # Where points keep their checkpoints (run_sweep sets the store's folder; None: none).
     checkpoints: Path | None = None
@@ -711,7 +726,7 @@ class LocalExecutor:
     def run(self, spec: SweepSpec, points: list[SweepPoint]) -> Iterator[tuple[SweepPoint, dict]]:
         check_device(spec.device)  # before spawning workers that would each fail on it
         workers = max(1, min(self.workers, len(points)))
-        threads = max(1, (os.cpu_count() or 1) // workers)
+        threads = max(1, usable_cpus() // workers)
         context = multiprocessing.get_context("spawn")
         pool = ProcessPoolExecutor(
             workers, mp_context=context, initializer=_init_worker, initargs=(threads, os.getpid())
