@@ -726,6 +726,10 @@ def token_steps(row: dict) -> tuple[float | None, bool]:
 def value(row: dict, metric: str):
     if metric == "token_steps":
         return token_steps(row)[0]
+    if metric == "wall_seconds":  # every segment of a resumed point
+        from memlaw.sweep import point_seconds
+
+        return point_seconds(row)
     return row.get(metric)
 
 
@@ -855,7 +859,7 @@ def efficiency_summary(rows, args) -> dict:
 def build_report(args, started: float, estimate_now: dict, runs: list[dict]) -> dict:
     from functools import cache
 
-    from memlaw.sweep import fingerprint
+    from memlaw.sweep import fingerprint, point_seconds
 
     rows_of = cache(load_rows)  # each database read once, however many tables use it
 
@@ -942,7 +946,7 @@ def build_report(args, started: float, estimate_now: dict, runs: list[dict]) -> 
             "difference; fewer seeds: pending"
         ),
         "estimate_at_start": estimate_now,
-        "point_seconds_recorded": sum(r["wall_seconds"] or 0 for r in all_rows),
+        "point_seconds_recorded": sum(point_seconds(r) for r in all_rows),
         "history": history,
         "regimes": regimes,
         "long_context": long_context,

@@ -212,6 +212,8 @@ def test_a_point_continues_from_its_checkpoint_and_the_folder_goes_with_its_row(
     resumed = run_point(spec, point, folder)  # from the cap's state: nothing left to train
     assert resumed["record"]["losses"] == first["record"]["losses"] == fresh["record"]["losses"]
     assert resumed["delta_loss"] == fresh["delta_loss"]
+    # its wall time counts the first run's training, not only the resume's few seconds
+    assert resumed["wall_seconds"] >= state["seconds"]
     store = SweepStore(tmp_path / "s.db", spec)
     assert store.checkpoints == tmp_path / "s.db.checkpoints"
     run_sweep(spec, store, LocalExecutor(workers=1), progress=False)

@@ -19,7 +19,7 @@ from memlaw.figures import Figure, bits_per_param, fixed, predicted_delta, save_
 from memlaw.fit import fit_store, law_points
 from memlaw.law import MemoryLaw
 from memlaw.recipe import describe_lr
-from memlaw.sweep import SweepSpec, SweepStore, fingerprint
+from memlaw.sweep import SweepSpec, SweepStore, fingerprint, point_seconds
 
 # --- the sweep report ------------------------------------------------------------------------
 #
@@ -240,7 +240,7 @@ def _header_section(spec: SweepSpec, rows: list[dict]) -> str:
     finished = {row["key"] for row in rows}
     left = sum(point.key not in finished for point in spec.points())
     points = f"{len(rows)} finished" + (f" ({left} of the grid still to run)" if left else "")
-    wall = sum(row["wall_seconds"] or 0.0 for row in rows)
+    wall = sum(point_seconds(row) for row in rows)
     facts = [
         ("model", spec.model),
         ("data", spec.data),
@@ -521,7 +521,7 @@ def _point_columns(rows: list[dict], law: MemoryLaw | None) -> list[tuple[str, C
         ("bits/param", lambda row: _number(bits_per_param(row), 3)),
         ("steps", lambda row: row["steps"]),
         ("stop", lambda row: "step cap" if row["hit_cap"] else row["stop_reason"]),
-        ("wall", lambda row: _duration(row["wall_seconds"] or 0.0)),
+        ("wall", lambda row: _duration(point_seconds(row))),
     ]
 
 

@@ -24,7 +24,7 @@ import os
 import shutil
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -296,7 +296,8 @@ def run_point(spec: SweepSpec, point: SweepPoint, checkpoints: str | Path | None
         "stop_reason": record["stop_reason"],
         "hit_cap": record["stop_reason"] == "budget",
         "train_seconds": record["train_seconds"],
-        "wall_seconds": time.perf_counter() - started,
+        # a resumed point's wall time counts the segments before the resume too
+        "wall_seconds": time.perf_counter() - started + result.resumed_seconds,
         "data_kind": baseline.kind,
         "info_baseline": baseline.nats_per_token,
         "memorized_bits": bits,
@@ -323,6 +324,20 @@ def run_point(spec: SweepSpec, point: SweepPoint, checkpoints: str | Path | None
             ),
         },
     }
+
+
+def point_seconds(row: Mapping) -> float:
+    """A stored point's wall seconds, all its segments together.
+
+    Rows written before 2026-12-06 counted only the last segment of a point resumed from its
+    checkpoint; their training seconds (which always counted every segment) bound it from below.
+
+    >>> point_seconds({"wall_seconds": 33.5, "train_seconds": 680.7})
+    680.7
+    >>> point_seconds({"wall_seconds": 700.0, "train_seconds": 680.7})
+    700.0
+    """
+    return max(row.get("wall_seconds") or 0.0, row.get("train_seconds") or 0.0)
 
 
 def check_sweep_fits(spec: SweepSpec, memory_on: str | None) -> None:

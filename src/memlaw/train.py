@@ -146,6 +146,7 @@ class TrainResult:
     trainable_params: int
     report: ProbeReport | None = None
     config: dict = field(default_factory=dict)
+    resumed_seconds: float = 0.0  # of train_seconds, those trained before a checkpoint's resume
     # With record_token_probabilities: per step, (items trained, p of each supervised token of
     # each item in target order), measured on the forward pass before the update.
     token_probabilities: list[tuple[list[int], list[list[float]]]] = field(default_factory=list)
@@ -256,6 +257,7 @@ def train(
     result = TrainResult(model, log, stop_reason, len(log), base_loss, seconds, n_eff, count)
     result.config = _run_config(config, **notes)
     result.token_probabilities = token_probabilities
+    result.resumed_seconds = elapsed
     if final_probe:
         result.report = probe(model, tokenizer, encoded, tau=config.tau, base_loss=base_loss)
     return result
