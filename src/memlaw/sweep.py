@@ -296,7 +296,7 @@ def run_point(spec: SweepSpec, point: SweepPoint, checkpoints: str | Path | None
         "stop_reason": record["stop_reason"],
         "hit_cap": record["stop_reason"] == "budget",
         "train_seconds": record["train_seconds"],
-        # a resumed point's wall time counts the segments before the resume too
+        # a resumed point adds the training seconds of its segments before the resume
         "wall_seconds": time.perf_counter() - started + result.resumed_seconds,
         "data_kind": baseline.kind,
         "info_baseline": baseline.nats_per_token,
