@@ -52,7 +52,9 @@ Run (full scale, from the repository root; hours to days, see the estimate it pr
     .venv/bin/python bench/memft_at_capacity.py --reuse laws/smollm2-135m-phonebook.db
     .venv/bin/python bench/memft_at_capacity.py --report-only   # tabulate what is done
 Writes bench/results/memft_at_capacity.json (after every part) and memft_at_capacity.png
-(certified share vs rank per method, from the efficiency runs), and prints markdown tables.
+(certified share vs rank per method, from the efficiency runs), and prints markdown tables. They
+cover every method and part the databases hold, not only this invocation's, so a side job of a
+few methods never shrinks the report.
 
 Estimated wall time at the defaults on two cores (2 workers of 1 thread, ~6 ms per answer token
 per epoch per worker for smollm2-135m; a point at capacity assumed to run 0.75 of its epoch cap,
@@ -856,12 +858,69 @@ def efficiency_summary(rows, args) -> dict:
     }
 
 
+def report_scope(args, rows_of) -> argparse.Namespace:
+    """What the report tabulates: this invocation's methods and parts, widened to what the
+    databases already hold, so that a run of a few methods (a side job beside the main one)
+    rewrites the JSON and the figure without dropping the other methods' rows.
+
+    In the PhoneBook database a (rank, ℓ) cell that is not a ``--regime`` is an efficiency cell;
+    a long-budget database left by an earlier run is tabulated even under ``--long-epochs 0``,
+    and the Long-Context database even under ``--no-long-context``."""
+
+    def ordered(*groups) -> tuple[str, ...]:
+        seen = dict.fromkeys(m for group in groups for m in group)  # first mention first
+        return tuple(seen)
+
+    first = [r for r in rows_of(db_path(args, "phonebook", args.epochs)) if r["layers"] == 1]
+    head, tail = db_path(args, "phonebook", 0).name.split("-e0")
+    longer = [
+        int(budget)
+        for path in args.out_dir.glob(f"{head}-e*{tail}")
+        if (budget := path.name[len(head) + 2 : len(path.name) - len(tail)]).isdigit()
+        and int(budget) > args.epochs
+    ]
+    long_epochs = args.long_epochs or max(longer, default=0)
+    rows = first + (
+        [r for r in rows_of(db_path(args, "phonebook", long_epochs)) if r["layers"] == 1]
+        if long_epochs
+        else []
+    )
+    stored = {r["method"] for r in rows}
+    regimes = set(args.regime)
+    efficiency = set(args.efficiency) | {
+        r["length"] for r in first if (r["rank"], r["length"]) not in regimes
+    }
+    long_context_db = db_path(args, "longcontext", args.epochs)
+    long_context = args.long_context or long_context_db.is_file()
+    long_context_rows = [
+        r for r in rows_of(long_context_db) if r["length"] == args.long_context_length
+    ]
+    return argparse.Namespace(
+        **vars(args)
+        | {
+            "methods": ordered(
+                args.methods,
+                [m for m in DEFAULT_METHODS.split(",") if m in stored],
+                sorted(stored),
+            ),
+            "long_epochs": long_epochs,
+            "efficiency": tuple(sorted(efficiency)),
+            "long_context": long_context,
+            "long_context_methods": ordered(
+                args.long_context_methods, [r["method"] for r in long_context_rows]
+            ),
+        }
+    )
+
+
 def build_report(args, started: float, estimate_now: dict, runs: list[dict]) -> dict:
     from functools import cache
 
     from memlaw.sweep import fingerprint, point_seconds
 
     rows_of = cache(load_rows)  # each database read once, however many tables use it
+    invocation = vars(args)
+    args = report_scope(args, rows_of)
 
     budgets = [args.epochs] + ([args.long_epochs] if args.long_epochs else [])
     regimes = []
@@ -938,7 +997,7 @@ def build_report(args, started: float, estimate_now: dict, runs: list[dict]) -> 
                 + (f" (and a second pass at {args.long_epochs})" if args.long_epochs else "")
             ),
         },
-        "settings": {k: str(v) for k, v in vars(args).items()},
+        "settings": {k: str(v) for k, v in invocation.items()},
         "verdict_rule": (
             f"per regime and budget, each method against SFT with ≥ {MIN_SEEDS} seeds each: "
             "better/worse when the min–max intervals over seeds are separated or every seed "

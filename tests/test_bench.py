@@ -251,6 +251,14 @@ def test_memft_at_capacity_bench_runs_reports_and_resumes(tmp_path):
     second = json.loads((out / "memft_at_capacity.json").read_text())
     assert second["regimes"] == report["regimes"] and second["audit"] == report["audit"]
     assert len(second["history"]) == 2
+    # a side job of one method and one part rewrites the report without dropping the others
+    narrow = [*command, "--methods", "sft", "--efficiency", "", "--long-epochs", "0"]
+    run_bench([*narrow, "--no-long-context", "--no-audit", "--report-only"])
+    third = json.loads((out / "memft_at_capacity.json").read_text())
+    assert third["regimes"] == report["regimes"]
+    assert third["long_context"] == report["long_context"]
+    assert third["efficiency"] == report["efficiency"]
+    assert third["settings"]["methods"] == "('sft',)"  # the invocation, as it was given
 
 
 def test_memft_at_capacity_verdict_rule_and_smallest_rank():
