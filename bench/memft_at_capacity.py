@@ -25,7 +25,8 @@ for every method. The parts, each resumable:
   else that very run trained again and saved.
 - **Long-Context** (``--long-context``): MemFT-SW's sliding window (``memft-sw`` on one
   sequence) against SFT on ``../shared/benchmarks/long_context/r100.jsonl`` truncated to
-  ``--long-context-length`` tokens, rank 1.
+  ``--long-context-length`` tokens, rank 1, at both caps (one sequence is one update per epoch:
+  400 updates at the first cap, where PhoneBook gets about 2,400).
 - **Parameter efficiency** (``--efficiency`` lengths × ``--efficiency-ranks``): per method the
   smallest rank that certifies the set on every seed; these runs share the at-capacity
   database (same settings), so a regime that is also an efficiency cell runs once.
@@ -252,8 +253,8 @@ def long_context_data(args) -> str:
 
 
 def plan(args) -> list[dict]:
-    """Every sweep to run, in the order they run: at capacity (the main budget), Long-Context,
-    efficiency, the long budget (the audit runs after the first). Each job: its phase, label,
+    """Every sweep to run, in the order they run: at capacity (the main budget), Long-Context
+    (both budgets: it is short), efficiency, the long budget (the audit runs after the first). Each job: its phase, label,
     database, spec, and whether its points sit at capacity (for the estimate)."""
     jobs = []
 
@@ -264,6 +265,7 @@ def plan(args) -> list[dict]:
                 "phase": phase,
                 "label": label,
                 "db": db_path(args, part, epochs),
+                "part": part,
                 "spec": spec,
                 "capacity": capacity,
             }
@@ -277,19 +279,18 @@ def plan(args) -> list[dict]:
     for rank, length in args.regime:
         label = f"rank {rank}, ℓ {length}, {args.epochs} epochs"
         cell("capacity", label, args.epochs, True, rank, length)
+    long_context = {
+        "ranks": (1,),
+        "lengths": (args.long_context_length,),
+        "methods": args.long_context_methods,
+        "data": long_context_data(args),
+    }
     if args.long_context:
         label = f"Long-Context {args.long_context_file.name}, ℓ {args.long_context_length}"
-        add(
-            "long-context",
-            label,
-            "longcontext",
-            args.epochs,
-            True,
-            ranks=(1,),
-            lengths=(args.long_context_length,),
-            methods=args.long_context_methods,
-            data=long_context_data(args),
-        )
+        add("long-context", label, "longcontext", args.epochs, True, **long_context)
+        if args.long_epochs:  # one sequence is one update per epoch: far from plateau at 400
+            label += f", {args.long_epochs} epochs"
+            add("long", label, "longcontext", args.long_epochs, True, **long_context)
     # The smallest certifying rank is searched upwards: a rank runs only for the methods that
     # did not certify the set on every seed at every smaller rank (search_methods).
     for length in args.efficiency:
@@ -346,7 +347,10 @@ def estimate(args, jobs: list[dict]) -> dict:
     spread over the workers; the audit's one run on its own."""
     likely, at_most, points = {}, {}, 0
     planned: dict[Path, set[str]] = {}
-    first = {r["key"]: r for r in load_rows(db_path(args, "phonebook", args.epochs))}
+    first = {
+        part: {r["key"]: r for r in load_rows(db_path(args, part, args.epochs))}
+        for part in ("phonebook", "longcontext")
+    }
     for job in jobs:
         done = planned.setdefault(job["db"], finished_keys(job["db"]))
         for source in same_settings_sources(job["spec"], args.reuse, job["db"]):
@@ -356,7 +360,9 @@ def estimate(args, jobs: list[dict]) -> dict:
             if point.key in done:
                 continue
             done.add(point.key)  # a cell shared by two jobs runs once
-            head_start = carried_epochs(args, point, first) if job["phase"] == "long" else 0
+            head_start = (
+                carried_epochs(args, point, first[job["part"]]) if job["phase"] == "long" else 0
+            )
             if head_start is None:  # copied from the first budget: nothing to run
                 continue
             points += 1
@@ -445,14 +451,14 @@ def reuse_points(spec, db: Path, sources: list[Path]) -> int:
     return copied
 
 
-def carry_long_budget(args, spec, db: Path) -> int:
+def carry_long_budget(args, spec, db: Path, part: str) -> int:
     """The long budget starts from the first one (``memlaw.sweep.carry_over``): a run that
     stopped before the first cap is the same run under the longer one (copied), and a capped
     run continues from its last state (the row's, else ``--extend-from``'s kept copy) instead of
     training its first epochs again. Returns how many points were copied."""
     from memlaw.sweep import carry_into
 
-    first = db_path(args, "phonebook", args.epochs)
+    first = db_path(args, part, args.epochs)
     if not first.is_file():
         return 0
     counts = carry_into(db, spec, first, kept=args.extend_from)
@@ -504,7 +510,7 @@ def run_job(args, job: dict) -> dict:
         spec = replace(spec, methods=methods)
     copied = reuse_points(spec, db, args.reuse) if args.reuse else 0
     if job["phase"] == "long":
-        copied += carry_long_budget(args, spec, db)
+        copied += carry_long_budget(args, spec, db, job["part"])
     if {p.key for p in spec.points()} - finished_keys(db):  # something left to run
         check_device(spec.device)
         check_sweep_fits(spec, memory_on=spec.device)
@@ -872,13 +878,15 @@ def report_scope(args, rows_of) -> argparse.Namespace:
         return tuple(seen)
 
     first = [r for r in rows_of(db_path(args, "phonebook", args.epochs)) if r["layers"] == 1]
-    head, tail = db_path(args, "phonebook", 0).name.split("-e0")
-    longer = [
-        int(budget)
-        for path in args.out_dir.glob(f"{head}-e*{tail}")
-        if (budget := path.name[len(head) + 2 : len(path.name) - len(tail)]).isdigit()
-        and int(budget) > args.epochs
-    ]
+    longer = []
+    for part in ("phonebook", "longcontext"):
+        head, tail = db_path(args, part, 0).name.split("-e0")
+        longer += [
+            int(budget)
+            for path in args.out_dir.glob(f"{head}-e*{tail}")
+            if (budget := path.name[len(head) + 2 : len(path.name) - len(tail)]).isdigit()
+            and int(budget) > args.epochs
+        ]
     long_epochs = args.long_epochs or max(longer, default=0)
     rows = first + (
         [r for r in rows_of(db_path(args, "phonebook", long_epochs)) if r["layers"] == 1]
@@ -890,10 +898,10 @@ def report_scope(args, rows_of) -> argparse.Namespace:
     efficiency = set(args.efficiency) | {
         r["length"] for r in first if (r["rank"], r["length"]) not in regimes
     }
-    long_context_db = db_path(args, "longcontext", args.epochs)
-    long_context = args.long_context or long_context_db.is_file()
+    long_context_dbs = [db_path(args, "longcontext", e) for e in (args.epochs, long_epochs) if e]
+    long_context = args.long_context or any(db.is_file() for db in long_context_dbs)
     long_context_rows = [
-        r for r in rows_of(long_context_db) if r["length"] == args.long_context_length
+        r for db in long_context_dbs for r in rows_of(db) if r["length"] == args.long_context_length
     ]
     return argparse.Namespace(
         **vars(args)
@@ -940,20 +948,25 @@ def build_report(args, started: float, estimate_now: dict, runs: list[dict]) -> 
                     label=f"PhoneBook, rank {rank}, ℓ {length}, cap {epochs} epochs",
                 )
             )
-    long_context = None
-    if args.long_context:
-        db = db_path(args, "longcontext", args.epochs)
-        long_context = regime_summary(
-            rows_of(db),
-            rank=1,
-            length=args.long_context_length,
-            methods=args.long_context_methods,
-            seeds=set(args.seeds),
-            epochs=args.epochs,
-            db=db,
-            label=f"Long-Context {args.long_context_file.name}, rank 1, ℓ {args.long_context_length}",
+    long_context = []  # one table per budget, as the regimes
+    for epochs in budgets if args.long_context else []:
+        db = db_path(args, "longcontext", epochs)
+        long_context.append(
+            regime_summary(
+                rows_of(db),
+                rank=1,
+                length=args.long_context_length,
+                methods=args.long_context_methods,
+                seeds=set(args.seeds),
+                epochs=epochs,
+                db=db,
+                label=(
+                    f"Long-Context {args.long_context_file.name}, rank 1, "
+                    f"ℓ {args.long_context_length}, cap {epochs} epochs"
+                ),
+            )
+            | {"data": long_context_data(args)}
         )
-        long_context["data"] = long_context_data(args)
     efficiency = None
     if args.efficiency:
         efficiency = efficiency_summary(rows_of(db_path(args, "phonebook", args.epochs)), args)
@@ -979,8 +992,11 @@ def build_report(args, started: float, estimate_now: dict, runs: list[dict]) -> 
     ]
     spec = make_spec(args, ranks=(1,), lengths=(1,), methods=args.methods, epochs=args.epochs)
     all_rows = [
-        row for epochs in budgets for row in rows_of(db_path(args, "phonebook", epochs))
-    ] + (rows_of(db_path(args, "longcontext", args.epochs)) if args.long_context else [])
+        row
+        for epochs in budgets
+        for part in ("phonebook", "longcontext")
+        for row in rows_of(db_path(args, part, epochs))
+    ]
     return {
         "benchmark": NAME,
         "issue": 11,
@@ -1177,8 +1193,8 @@ def plot_efficiency(efficiency: dict, path: Path) -> Path | None:
 def print_tables(report: dict) -> None:
     for regime in report["regimes"]:
         print(regime_table(regime))
-    if report["long_context"]:
-        print(regime_table(report["long_context"]))
+    for long_context in report["long_context"]:
+        print(regime_table(long_context))
     if report["efficiency"]:
         print(efficiency_table(report["efficiency"]))
     if report["audit"]:

@@ -199,9 +199,11 @@ def test_memft_at_capacity_bench_runs_reports_and_resumes(tmp_path):
         # two seeds: never a verdict
         assert regime["verdicts"]["memft"]["certified_share"]["verdict"] == "pending"
         assert regime["recommended"]["method"] is None
-    long_context = report["long_context"]
-    assert list(long_context["methods"]) == ["sft", "memft-sw"]
-    assert long_context["methods"]["memft-sw"]["seeds_done"] == 2
+    # Long-Context at both budgets (one update per epoch: the longer one matters most there)
+    assert [lc["epoch_cap"] for lc in report["long_context"]] == [2, 3]
+    for long_context in report["long_context"]:
+        assert list(long_context["methods"]) == ["sft", "memft-sw"]
+        assert long_context["methods"]["memft-sw"]["seeds_done"] == 2
     efficiency = report["efficiency"]
     assert efficiency["ranks"] == [1, 2] and len(efficiency["cells"]) == 4
     for found in efficiency["smallest_certifying_rank"]["16"].values():
@@ -228,12 +230,18 @@ def test_memft_at_capacity_bench_runs_reports_and_resumes(tmp_path):
     # the 3-epoch budget carried the 2-epoch one over: each capped run went on from its last
     # state (the same run: its first two epochs are the shorter run's), the others were copied
     assert "from the 2-epoch budget:" in done.stdout
-    short = {r["key"]: r for r in SweepStore(out / "memft_at_capacity-phonebook-e2.db").rows(True)}
-    for row in SweepStore(out / "memft_at_capacity-phonebook-e3.db").rows(with_record=True):
-        first = short[row["key"]]
-        losses = row["record"]["losses"]
-        assert losses[: len(first["record"]["losses"])] == first["record"]["losses"]
-        assert ("carried_from" in row["record"]) == (not first["hit_cap"])
+    # (Long-Context too, but for the sliding window: a curriculum lays its schedule over the cap)
+    for part in ("phonebook", "longcontext"):
+        short = {
+            r["key"]: r for r in SweepStore(out / f"memft_at_capacity-{part}-e2.db").rows(True)
+        }
+        for row in SweepStore(out / f"memft_at_capacity-{part}-e3.db").rows(with_record=True):
+            if row["method"] == "memft-sw":
+                continue
+            first = short[row["key"]]
+            losses = row["record"]["losses"]
+            assert losses[: len(first["record"]["losses"])] == first["record"]["losses"]
+            assert ("carried_from" in row["record"]) == (not first["hit_cap"])
 
     def snapshot():
         tables = {}
@@ -244,7 +252,8 @@ def test_memft_at_capacity_bench_runs_reports_and_resumes(tmp_path):
         return tables
 
     before = snapshot()
-    assert sum(len(rows) for rows in before.values()) == 4 + 4 + 4 + 4  # efficiency shares 4
+    # regime × 2 budgets, Long-Context × 2 budgets, efficiency (rank 1 is the regime: shared)
+    assert sum(len(rows) for rows in before.values()) == 4 + 4 + 4 + 4 + 4
     again = run_bench(command)
     assert snapshot() == before
     assert "0 points run" in again.stdout and "for 0 points still to run" in again.stdout
