@@ -230,6 +230,11 @@ def test_memft_at_capacity_bench_runs_reports_and_resumes(tmp_path):
     # the 3-epoch budget carried the 2-epoch one over: each capped run went on from its last
     # state (the same run: its first two epochs are the shorter run's), the others were copied
     assert "from the 2-epoch budget:" in done.stdout
+    # Long-Context waits the updates a PhoneBook run waits (one update per epoch there)
+    for db in ("longcontext-e2", "longcontext-e3", "phonebook-e2"):
+        with sqlite3.connect(out / f"memft_at_capacity-{db}.db") as connection:
+            (settings,) = connection.execute("SELECT value FROM meta WHERE key = 'settings'")
+        assert json.loads(settings[0])["anneal_patience"] == (10 if "phonebook" in db else 60)
     # (Long-Context too, but for the sliding window: a curriculum lays its schedule over the cap)
     for part in ("phonebook", "longcontext"):
         short = {
