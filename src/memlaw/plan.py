@@ -63,7 +63,7 @@ AT_CAPACITY_METHOD = "sft"
 AT_CAPACITY_EVIDENCE = (
     "measured on smollm2-135m, PhoneBook, rank 1 on 2,000 tokens, 3 seeds to plateau: "
     "sft certified 28% of items, memft 30% (ahead on 2 seeds, behind on 1), sft-cap 26%, "
-    "memft-soft 6%, memft-sw 2%, memft-ot 2%"
+    "memft-soft 6%, memft-ot-all 3%, memft-sw 2%, memft-ot 2%"
 )
 
 
