@@ -320,28 +320,32 @@ def test_memft_at_capacity_verdict_rule_and_smallest_rank():
     assert summary["recommended"]["method"] == "memft"
     assert summary["methods"]["memft"]["certified_share"]["min"] == 0.8
     # One sequence (Long-Context): certified share is 0 or 1, so the verdict and the
-    # recommendation go by the share of tokens above p = 0.5.
+    # recommendation go by the certified prefix (the leading tokens above p = 0.5).
     one_sequence = [
-        row | {"token_certified_share": share}
-        for row, share in zip(
+        row | {"token_certified_share": share, "certified_prefix": prefix}
+        for row, share, prefix in zip(
             rows(0, 0, 0, method="sft") + rows(0, 0, 0, method="memft-sw"),
             (0.85, 0.70, 0.76, 0.52, 0.58, 0.55),
+            (7, 0, 0, 87, 48, 145),
             strict=True,
         )
     ]
     summary = bench.regime_summary(
         one_sequence, rank=1, length=100, methods=("sft", "memft-sw"), seeds={0, 1, 2},
-        epochs=400, db="x.db", label="test", primary="token_certified_share",
+        epochs=400, db="x.db", label="test", primary="certified_prefix",
+        metrics=(*bench.VERDICT_METRICS, "certified_prefix"),
     )  # fmt: skip
     verdicts = summary["verdicts"]["memft-sw"]
     assert verdicts["certified_share"]["verdict"] == "tie"
     assert verdicts["token_certified_share"]["verdict"] == "worse (intervals separated)"
+    assert verdicts["certified_prefix"]["verdict"] == "better (intervals separated)"
     assert summary["recommended"] == {
-        "method": "sft",
-        "why": "no MemFT variant beats SFT on tokens p > 0.5",
+        "method": "memft-sw",
+        "why": "beats SFT on certified prefix",
     }
-    assert "| memft-sw | 3 |" in bench.regime_table(summary)
-    assert "vs SFT (tokens p > 0.5) |" in bench.regime_table(summary)
+    table = bench.regime_table(summary)
+    assert "| memft-sw | 3 |" in table and "vs SFT (certified prefix) |" in table
+    assert "| 93 (48–145) | better (intervals separated) |" in table
 
     # The search runs a rank only for the methods not yet certified on every seed below it.
     from pathlib import Path as _Path
