@@ -273,8 +273,9 @@ def long_context_data(args) -> str:
 
 def plan(args) -> list[dict]:
     """Every sweep to run, in the order they run: at capacity (the main budget), Long-Context
-    (both budgets: it is short), efficiency, the long budget (the audit runs after the first). Each job: its phase, label,
-    database, spec, and whether its points sit at capacity (for the estimate)."""
+    (both budgets: it is short), efficiency, the long budget (the audit runs after the first).
+    Each job: its phase, label, database, part, spec, and whether its points sit at capacity
+    (for the estimate)."""
     jobs = []
 
     def add(phase, label, part, epochs, capacity, **grid):
@@ -1007,7 +1008,9 @@ def build_report(args, started: float, estimate_now: dict, runs: list[dict]) -> 
     for epochs in budgets if args.long_context else []:
         db = db_path(args, "longcontext", epochs)
         one_sequence = [  # its stored per-token probabilities are the sequence's
-            r | {"certified_prefix": certified_prefix(r["record"]["probabilities"])}
+            r | {"certified_prefix": certified_prefix(probabilities)}
+            if (probabilities := (r.get("record") or {}).get("probabilities"))
+            else r
             for r in rows_of(db)
         ]
         long_context.append(
