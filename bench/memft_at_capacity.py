@@ -1116,9 +1116,9 @@ def cell(stats: dict | None, pattern: str = "{:.2f}") -> str:
 
 
 def regime_table(regime: dict) -> str:
-    # one sequence: the prefix greedy decoding reproduces, and its verdict, in two more columns,
-    # the share of tokens above 0.5 in place of the certified share (0 or 1) before them
-    prefix = any(s.get("certified_prefix") for s in regime["methods"].values())
+    # judged on the certified prefix (one sequence): the prefix and its verdict in two more
+    # columns, the share of tokens above 0.5 in place of the certified share (0 or 1) before them
+    prefix = regime.get("primary") == "certified_prefix"
     primary = "token_certified_share" if prefix else regime.get("primary", "certified_share")
     lines = [
         f"\n### {regime['label']}\n",
