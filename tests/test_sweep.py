@@ -322,6 +322,21 @@ def test_a_longer_cap_carries_the_shorter_sweep_over_and_matches_a_fresh_one(tmp
         carry_over(target, SweepStore(tmp_path / "other.db", tiny_spec(max_epochs=20)))
 
 
+@pytest.mark.parametrize("data, carried", [("random", "continued"), ("phonebook", "from_scratch")])
+def test_memft_sw_carries_its_window_but_restarts_its_curriculum(tmp_path, data, carried):
+    """memft-sw runs the window on one sequence (its steps do not depend on the cap) and the
+    curriculum on several items (laid out over the cap): only the window is carried over."""
+    from memlaw.sweep import carry_over
+
+    grid = dict(data=data, ranks=(1,), lengths=(24,), methods=("memft-sw",), plateau_window=50)
+    short, long = tiny_spec(max_epochs=2, **grid), tiny_spec(max_epochs=4, **grid)
+    source = SweepStore(tmp_path / "short.db", short)
+    run_sweep(short, source, LocalExecutor(workers=1), progress=False)
+    assert [r["stop_reason"] for r in source.rows()] == ["budget"]
+    counts = carry_over(source, SweepStore(tmp_path / "long.db", long))
+    assert counts == {"copied": 0, "continued": 0, "from_scratch": 0} | {carried: 1}
+
+
 def test_extending_a_checkpoint_refuses_what_is_not_the_same_run(tmp_path):
     from dataclasses import replace
 

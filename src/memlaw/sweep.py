@@ -856,7 +856,6 @@ def carry_over(source: SweepStore, target: SweepStore, kept: str | Path | None =
     from memlaw.atomic import atomic_copy_dir
     from memlaw.checkpoint import write_state_blob
     from memlaw.models import load_model
-    from memlaw.objectives import OBJECTIVES
     from memlaw.train import extend_checkpoint
 
     shorter, longer = source.spec(), target.spec()
@@ -867,7 +866,7 @@ def carry_over(source: SweepStore, target: SweepStore, kept: str | Path | None =
     capped = []
     for point in (p for p in longer.points() if p.key not in finished):
         row = rows.get(point.key)
-        if row is None or OBJECTIVES[point.method].curriculum:
+        if row is None or ran_curriculum(row):
             counts["from_scratch"] += 1
         elif row["hit_cap"]:
             capped.append(point)
@@ -908,6 +907,15 @@ def carry_over(source: SweepStore, target: SweepStore, kept: str | Path | None =
             continue
         counts["continued"] += 1
     return counts
+
+
+def ran_curriculum(row: dict) -> bool:
+    """Whether a stored run trained a curriculum: the objective it ran, not the one named
+    (``memft-sw`` runs its curriculum on several items, its window on one sequence)."""
+    from memlaw.objectives import OBJECTIVES
+
+    ran = row["record"].get("config", {}).get("method", row["method"])
+    return OBJECTIVES[ran].curriculum
 
 
 def carry_into(
