@@ -27,7 +27,8 @@ for every method. The parts, each resumable:
   sequence) against SFT on ``../shared/benchmarks/long_context/r100.jsonl`` truncated to
   ``--long-context-length`` tokens, rank 1, at both caps (one sequence is one update per epoch:
   400 updates at the first cap, where PhoneBook gets about 2,400), with the rate halved after
-  ``--long-context-patience`` (60) epochs without progress: the updates a PhoneBook run waits.
+  ``--long-context-patience`` (60) epochs without progress: the updates a PhoneBook run waits,
+  and memlaw train's default on one sequence (``memlaw.recipe.anneal_patience``).
 - **Parameter efficiency** (``--efficiency`` lengths × ``--efficiency-ranks``): per method the
   smallest rank that certifies the set on every seed; these runs share the at-capacity
   database (same settings), so a regime that is also an efficiency cell runs once.
@@ -87,7 +88,8 @@ LONG_CONTEXT_FILE = BENCHMARKS / "long_context" / "r100.jsonl"
 # under it MemFT-SW's window, whose loss falls about 0.1% per update, was stopped as plateaued at
 # updates 91–226 with 14–39% of its tokens above p = 0.5 (its rows, kept in
 # memft_at_capacity-longcontext-e400-patience10.db). Long-Context gets the updates a PhoneBook
-# run waits: 10 epochs of about 6 updates.
+# run waits: 10 epochs of about 6 updates, which memlaw train's recipe now also gives one
+# sequence (memlaw.recipe.anneal_patience).
 LONG_CONTEXT_PATIENCE = 60
 NAME = "memft_at_capacity"
 

@@ -290,10 +290,10 @@ def peft_loop(
     model = get_peft_model(model, lora_config(model, rank))
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    scheduler = plateau_schedule(optimizer, lr, *anneal) if anneal else None
     order_rng = random.Random(seed)
     n = len(encoded)
     batch = effective_batch(batch_size, n)
+    scheduler = plateau_schedule(optimizer, lr, *anneal, n, batch) if anneal else None
     stops: dict[int, int | None] = {k: None for k in intervals}
     epoch_seconds: list[float] = []
     checks: list[dict] = []
@@ -357,12 +357,20 @@ def peft_loop(
     }
 
 
-def plateau_schedule(optimizer, lr: float, patience: int, floor: float):
+def plateau_schedule(
+    optimizer, lr: float, patience: int, floor: float, n_items: int, batch_size: int
+):
     """memlaw train's schedule (``memlaw.train._Stopper``): halve the rate after ``patience``
     epochs without a 1% (relative) better epoch loss, down to ``lr × floor``; step it with
-    each epoch's loss."""
+    each epoch's loss. The recipe's patience (``recipe_schedule``) stands for what memlaw
+    train's default waits on this set, where the memlaw under test sizes it per set (at least
+    ``recipe.ANNEAL_MIN_UPDATES`` updates)."""
     import torch
 
+    import memlaw.recipe as recipe
+
+    if patience == recipe_schedule()[0] and hasattr(recipe, "anneal_patience"):
+        patience = recipe.anneal_patience(n_items, batch_size)
     return torch.optim.lr_scheduler.ReduceLROnPlateau(
         optimizer,
         mode="min",
@@ -378,7 +386,8 @@ def recipe_schedule() -> tuple[int, float]:
     """The anneal patience and floor of memlaw train's default recipe."""
     import memlaw.recipe as recipe
 
-    return recipe.default_recipe(1).anneal_patience, getattr(recipe, "ANNEAL_FLOOR", 1 / 8)
+    patience = getattr(recipe, "ANNEAL_PATIENCE", None) or recipe.default_recipe(1).anneal_patience
+    return patience, getattr(recipe, "ANNEAL_FLOOR", 1 / 8)
 
 
 # --- the children: one contender each ---------------------------------------------------------
@@ -532,7 +541,12 @@ def child_trl(args, phases: Phases) -> dict:
         def __init__(self):
             self.dummy = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
             self.plateau = plateau_schedule(
-                self.dummy, 1.0, args.anneal_patience, args.anneal_floor
+                self.dummy,
+                1.0,
+                args.anneal_patience,
+                args.anneal_floor,
+                len(dataset),
+                config.train_batch_size,
             )
 
         def factor(self, *_) -> float:

@@ -21,6 +21,26 @@ def memlaw(capsys, monkeypatch, *args):
     return code, captured.out, captured.err
 
 
+@pytest.mark.parametrize(
+    "args, patience",
+    [
+        (["-g", "random:32"], 60),  # one sequence: one update per epoch, 60 epochs of them
+        (["-g", "phonebook:30"], 10),  # 30 items in batches of 5: 6 updates per epoch
+        (["-g", "phonebook:30", "--batch-size", "0"], 60),  # the whole set in one update
+        (["-g", "random:32", "--anneal-patience", "3"], 3),  # the user's patience, as given
+        (["-g", "random:32", "--anneal-patience", "0"], None),  # a constant rate
+    ],
+)
+def test_train_waits_the_recipes_updates_or_the_given_epochs(
+    tmp_path, capsys, monkeypatch, args, patience
+):
+    out = tmp_path / "run"
+    code, stdout, err = memlaw(capsys, monkeypatch, "train", "-m", "tiny", *args,
+                               "--steps", 1, "-o", out, "--json")  # fmt: skip
+    assert code == 0, err
+    assert json.loads(stdout)["config"]["anneal_patience"] == patience
+
+
 def test_train_then_probe_round_trip(tmp_path, capsys, monkeypatch):
     out = tmp_path / "run"
     code, stdout, _ = memlaw(
@@ -244,8 +264,9 @@ def test_demo_memorizes_to_certified_recall_and_probes(tmp_path, capsys, monkeyp
     assert "100.0% of target tokens above p = 0.5" in stdout
     assert "100.0% recalled exactly by greedy decoding" in stdout
     assert "total time:" in stdout
-    assert "recipe: memft, AdamW lr 0.01 halved after 10 epochs" in stdout  # batch 2: 1e-2
-    assert record["config"]["lr"] == 0.01
+    # 2 items, one batch: lr 1e-2, and the wait of 60 updates is 60 epochs
+    assert "recipe: memft, AdamW lr 0.01 halved after 60 epochs" in stdout
+    assert record["config"]["lr"] == 0.01 and record["config"]["anneal_patience"] == 60
     # no law for tiny: the demo says so and trains the rank it was given
     code, stdout, err = memlaw(capsys, monkeypatch, "demo", "-m", "tiny", "--entries", 2, "-o", out)
     assert code == 0, err

@@ -1,5 +1,7 @@
 """The default recipe: batch size by set size, the epoch cap, and annealing on plateau."""
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -8,12 +10,16 @@ from memlaw.data import encode_items, generate_phonebook, generate_random_tokens
 from memlaw.models import load_model
 from memlaw.recipe import (
     ANNEAL_FLOOR,
+    ANNEAL_PATIENCE,
     LARGE_BATCH_LEARNING_RATE,
     LEARNING_RATE,
     MAX_EPOCHS,
+    UPDATES_PER_EPOCH,
+    anneal_patience,
     default_batch_size,
     default_lr,
     default_recipe,
+    updates_per_epoch,
 )
 from memlaw.train import TrainConfig, train
 
@@ -113,3 +119,45 @@ def test_the_stop_waits_while_items_still_cross_the_boundary():
     assert stopped is not None and 30 < stopped < 40
     # a count that only falls back and returns to an earlier best is no progress
     assert _stop_epoch([7, 5, 6, 7, 6, 7] * 7) == flat
+
+
+LAWS = Path(__file__).resolve().parents[1] / "laws"
+
+
+def test_the_shipped_laws_runs_decide_the_same_under_the_recipes_patience():
+    """The PhoneBook law's sweep annealed after 10 epochs on every set; memlaw train's recipe
+    now waits at least 60 updates, so 12 epochs on its ℓ 250 sets (5 updates per epoch).
+    Replaying each stored run's epoch losses through the stopper under both gives the same
+    rate and stop at every epoch: the law's runs are the runs memlaw train makes (by
+    induction: the same decisions give the same next epoch)."""
+    from memlaw.sweep import SweepStore
+    from memlaw.train import StepLog, _Stopper
+
+    lengthened = 0
+    for row in SweepStore(LAWS / "smollm2-135m-phonebook.db").rows(with_record=True):
+        config = row["record"]["config"]
+        assert config["anneal_patience"] == ANNEAL_PATIENCE
+        recipe = anneal_patience(config["items"], config["batch_size"])
+        lengthened += recipe > ANNEAL_PATIENCE
+        deciders = []
+        for patience in (ANNEAL_PATIENCE, recipe):
+            optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=config["lr"])
+            settings = TrainConfig(method="sft", lr=config["lr"], anneal_patience=patience)
+            deciders.append((optimizer, _Stopper(settings, optimizer, 3.0), []))
+        for epoch, (loss, certified) in enumerate(row["record"]["epochs"], start=1):
+            entry = StepLog(step=epoch, loss=loss, objective=loss, active_tokens=1,
+                            above_share=0.5, certified_items=certified, exact_items=0,
+                            skipped=False, grad_norm=None, seconds=0.0, epoch=epoch, tokens=1)  # fmt: skip
+            decisions = []
+            for optimizer, stopper, log in deciders:
+                log.append(entry)
+                decisions.append((stopper.plateaued(log), optimizer.param_groups[0]["lr"]))
+            assert decisions[0] == decisions[1], (row["key"], epoch)
+    assert lengthened == 4  # ℓ 250: 25 items in batches of 5
+
+
+def test_one_long_document_waits_as_many_updates_as_a_set_of_many_items():
+    assert updates_per_epoch(1, 1) == 1 and anneal_patience(1) == 6 * ANNEAL_PATIENCE
+    for items in (24, 100, 1000):  # 6 updates per epoch or more: the epochs alone
+        assert updates_per_epoch(items, default_batch_size(items)) >= UPDATES_PER_EPOCH
+        assert anneal_patience(items) == ANNEAL_PATIENCE

@@ -29,6 +29,7 @@ from typer.models import OptionInfo
 
 from memlaw.errors import MemlawError, check_integer, check_number, expected_failure
 from memlaw.recipe import (
+    ANNEAL_MIN_UPDATES,
     ANNEAL_PATIENCE,
     LARGE_BATCH,
     LARGE_BATCH_LEARNING_RATE,
@@ -74,6 +75,14 @@ AnnealOption = typer.Option(
     help="Halve the rate after this many epochs without a 1% better loss (down to lr/8); a "
     "plateau there (no better loss and no more items certified) ends the run (0: a constant "
     "rate; a sweep then stops on --plateau-window).",
+)
+TrainAnnealOption = typer.Option(
+    None,
+    "--anneal-patience",
+    help="Halve the rate after this many epochs without a 1% better loss (down to lr/8); a "
+    "plateau there (no better loss and no more items certified) ends the run (default: the "
+    f"recipe's, {ANNEAL_PATIENCE} epochs and at least {ANNEAL_MIN_UPDATES} updates, so one "
+    f"long document waits {ANNEAL_MIN_UPDATES} epochs; 0: a constant rate).",
 )
 
 
@@ -416,7 +425,7 @@ class TrainingOptions:
         None, "--epochs", help="Epoch budget (default: 400, ended early by recall or plateau)."
     )
     batch_size: int | None = option(BatchSizeOption)
-    anneal_patience: int = option(AnnealOption)
+    anneal_patience: int | None = option(TrainAnnealOption)
     lr_warmup_steps: int = option(
         0, "--warmup-steps", help="Raise the rate linearly from lr/N to lr over the first N steps."
     )
@@ -448,9 +457,11 @@ class TrainingOptions:
         help="Cache the frozen layers below the adapter (checked against the plain PEFT path, which is the fallback).",
     )
 
-    def config(self, method: str):
+    def config(self, method: str, items: int | None = None):
         """The checked :class:`memlaw.train.TrainConfig`; every number is checked for range
-        and finiteness first, named as the user typed it."""
+        and finiteness first, named as the user typed it. The recipe's patience depends on the
+        set's size: ``items`` (before the data is read, a placeholder of the usual value)."""
+        from memlaw.recipe import anneal_patience
         from memlaw.train import TrainConfig
 
         check_number(self.lr, "--lr", low=0, low_open=True, optional=True)
@@ -467,8 +478,11 @@ class TrainingOptions:
         check_number(self.position_decay, "--position-decay", low=0, optional=True)
         if self.fallback not in ("skip", "mean"):
             raise MemlawError(f"--fallback must be skip or mean, got '{self.fallback}'")
-        check_integer(self.anneal_patience, "--anneal-patience", low=0)
-        fields = dataclasses.asdict(self) | {"anneal_patience": self.anneal_patience or None}
+        check_integer(self.anneal_patience, "--anneal-patience", low=0, optional=True)
+        patience = self.anneal_patience
+        if patience is None:
+            patience = ANNEAL_PATIENCE if items is None else anneal_patience(items, self.batch_size)
+        fields = dataclasses.asdict(self) | {"anneal_patience": patience or None}
         config = TrainConfig(method=method, **fields)
         config.validate()
         return config
@@ -518,6 +532,7 @@ def train_command(
     remove_stale_staging(out)  # what a killed run on this output left behind
     base, tokenizer = load(model, runtime)
     encoded = memory_set(base, tokenizer, memory)
+    config = training.config(method, items=len(encoded))
     check_lora_fits(base, lora)  # layers, modules and memory, before any allocation
     if checkpoint is not None:
         check_writable(checkpoint, "--checkpoint", folder=True, overwrite=True)
@@ -757,8 +772,9 @@ def _demo_memorize(model, base, tokenizer, encoded, rank, seed, out: Path, entri
     from memlaw.recipe import default_recipe
     from memlaw.train import TrainConfig
 
-    config = TrainConfig(method="memft", seed=seed, anneal_patience=ANNEAL_PATIENCE)
-    console.print(f"recipe: memft, {default_recipe(len(encoded)).describe()}", markup=False)
+    recipe = default_recipe(len(encoded))
+    config = TrainConfig(method="memft", seed=seed, anneal_patience=recipe.anneal_patience)
+    console.print(f"recipe: memft, {recipe.describe()}", markup=False)
     result = _demo_train(model, base, tokenizer, encoded, rank, config, out, entries)
     report = result.report
     summary = report.summary()

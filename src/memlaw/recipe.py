@@ -20,14 +20,16 @@ SmolLM2-135M, ``memft``, seconds to certified recall on two CPU cores:
   (:func:`default_lr`).
 - Schedule: at a constant rate the last items keep falling back below p = 0.5 (a constant
   3e-2 was cut at 635 s), so the rate is annealed on plateau (:data:`ANNEAL_PATIENCE`); a
-  3-epoch warm-up did not help (cut at 522 s).
+  3-epoch warm-up did not help (cut at 522 s). The patience is also at least
+  :data:`ANNEAL_MIN_UPDATES` updates (:func:`anneal_patience`), for sets with few updates per
+  epoch, one long document above all.
 
 >>> default_recipe(100)
 Recipe(lr=0.03, batch_size=16, max_epochs=400, anneal_patience=10)
 >>> default_recipe(200).lr  # 13 updates per epoch
 0.01
->>> default_recipe(25)
-Recipe(lr=0.01, batch_size=5, max_epochs=400, anneal_patience=10)
+>>> default_recipe(25)  # 5 updates per epoch: 12 epochs make 60 updates
+Recipe(lr=0.01, batch_size=5, max_epochs=400, anneal_patience=12)
 >>> default_recipe(3).batch_size  # a small set: the whole set in every step
 3
 """
@@ -49,6 +51,12 @@ MAX_EPOCHS = 400
 # there ends the run unless items are still being certified (memlaw.train._Stopper).
 ANNEAL_PATIENCE = 10
 ANNEAL_FLOOR = 1 / 8
+# ...and the recipe waits at least this many updates: the patience a set of UPDATES_PER_EPOCH
+# updates per epoch gets. With one long sequence an epoch is one update, and 10 updates stopped
+# MemFT-SW's window as "plateaued" with 14-39% of its tokens recalled while its loss still fell
+# ~0.1% per update (bench/results/memft_at_capacity-longcontext-e400-patience10.db; given 60
+# updates those runs went on to 52-58%).
+ANNEAL_MIN_UPDATES = ANNEAL_PATIENCE * UPDATES_PER_EPOCH
 
 
 @dataclass(frozen=True)
@@ -71,6 +79,34 @@ class Recipe:
             f"(to lr/{round(1 / ANNEAL_FLOOR)}), batch {self.batch_size}, at most "
             f"{self.max_epochs} epochs, stop at certified recall or plateau"
         )
+
+
+def updates_per_epoch(n_items: int, batch_size: int) -> int:
+    """Optimizer updates in one epoch of ``n_items`` in batches of ``batch_size`` (0, or a
+    batch as large as the set: the whole set, one update).
+
+    >>> [updates_per_epoch(100, b) for b in (16, 0, 200)]
+    [7, 1, 1]
+    """
+    if batch_size <= 0 or batch_size >= n_items:
+        return 1
+    return math.ceil(n_items / batch_size)
+
+
+def anneal_patience(n_items: int, batch_size: int | None = None) -> int:
+    """The recipe's patience for ``n_items`` in batches of ``batch_size`` (default: the
+    recipe's): :data:`ANNEAL_PATIENCE` epochs, and at least :data:`ANNEAL_MIN_UPDATES` updates.
+    Sets of :data:`UPDATES_PER_EPOCH` updates per epoch or more (every set of 24 items or more
+    under the recipe's batch) get :data:`ANNEAL_PATIENCE`.
+
+    >>> [anneal_patience(n) for n in (1, 4, 5, 20, 25, 100, 1000)]
+    [60, 60, 30, 12, 12, 10, 10]
+    >>> anneal_patience(100, batch_size=50)  # 2 updates per epoch
+    30
+    """
+    batch = default_batch_size(n_items) if batch_size is None else batch_size
+    updates = updates_per_epoch(n_items, batch)
+    return max(ANNEAL_PATIENCE, math.ceil(ANNEAL_MIN_UPDATES / updates))
 
 
 def default_batch_size(n_items: int) -> int:
@@ -134,4 +170,9 @@ def describe_lr(lr: float | None) -> str:
 def default_recipe(n_items: int) -> Recipe:
     """The recipe for a set of ``n_items`` memory items."""
     batch = default_batch_size(n_items)
-    return Recipe(lr=default_lr(batch, n_items), batch_size=batch, max_epochs=MAX_EPOCHS)
+    return Recipe(
+        lr=default_lr(batch, n_items),
+        batch_size=batch,
+        max_epochs=MAX_EPOCHS,
+        anneal_patience=anneal_patience(n_items, batch),
+    )
