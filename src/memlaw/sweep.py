@@ -914,7 +914,7 @@ def ran_curriculum(row: dict) -> bool:
     (``memft-sw`` runs its curriculum on several items, its window on one sequence)."""
     from memlaw.objectives import OBJECTIVES
 
-    ran = row["record"].get("config", {}).get("method", row["method"])
+    ran = (row.get("record") or {}).get("config", {}).get("method", row["method"])
     return OBJECTIVES[ran].curriculum
 
 
