@@ -347,14 +347,17 @@ def likely_epochs(point, cap: int, capacity: bool | None) -> float:
     return cap * CAPACITY_EPOCH_SHARE if capacity else min(cap, BELOW_CAPACITY_EPOCHS)
 
 
-def carried_epochs(args, point, first: dict[str, dict]) -> int | None:
+def carried_epochs(args, point, first: dict[str, dict], part: str) -> int | None:
     """What the long budget takes over from the first one for ``point`` (carry_long_budget):
     None when its row is copied (it stopped before the first cap), the first cap's epochs when
     it continues from a last state (a point still to run in the first budget will keep one),
-    else 0. At most: as if every point ran on to the longer cap."""
-    from memlaw.objectives import OBJECTIVES
+    else 0: a curriculum starts afresh (``memft-sw`` runs one on PhoneBook's many items, its
+    window on Long-Context's one sequence). At most: as if every point ran on to the longer
+    cap."""
+    from memlaw.objectives import Settings, resolve
 
-    if OBJECTIVES[point.method].curriculum:
+    sequences = 1 if part == "longcontext" else 2  # PhoneBook: many items
+    if resolve(point.method, Settings(), sequences=sequences)[0].curriculum:
         return 0
     row = first.get(point.key)
     if row is None:
@@ -384,7 +387,9 @@ def estimate(args, jobs: list[dict]) -> dict:
                 continue
             done.add(point.key)  # a cell shared by two jobs runs once
             head_start = (
-                carried_epochs(args, point, first[job["part"]]) if job["phase"] == "long" else 0
+                carried_epochs(args, point, first[job["part"]], job["part"])
+                if job["phase"] == "long"
+                else 0
             )
             if head_start is None:  # copied from the first budget: nothing to run
                 continue

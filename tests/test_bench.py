@@ -540,3 +540,22 @@ def test_stop_rule_check_replays_drops_and_continues(tmp_path):
     assert 1 <= entry["epochs_run"] <= 2 and entry["stop_reason"] in ("budget", "certified")
     first = entry["loss_per_epoch"][0]
     assert abs(first - kept["final_loss"]) < abs(first - kept["base_loss"]) / 10
+
+
+def test_memft_at_capacity_estimate_knows_memft_sw_restarts_only_its_curriculum():
+    """The long budget's estimate: memft-sw's curriculum (PhoneBook) starts afresh, its window
+    (Long-Context, one sequence) continues from the first budget's last state, as sft does."""
+    from argparse import Namespace
+
+    from memlaw.sweep import SweepPoint
+
+    bench = load_bench("memft_at_capacity")
+    args = Namespace(epochs=400, extend_from=None)
+    rows = {}
+    for method in ("sft", "memft-sw"):
+        point = SweepPoint(rank=1, length=512, layers=1, method=method, seed=0)
+        rows[point.key] = {"hit_cap": True, "has_final_state": True, "epochs": 400}
+    for part, sw in [("phonebook", 0), ("longcontext", 400)]:
+        for method, carried in [("sft", 400), ("memft-sw", sw)]:
+            point = SweepPoint(rank=1, length=512, layers=1, method=method, seed=0)
+            assert bench.carried_epochs(args, point, rows, part) == carried, (part, method)
