@@ -90,20 +90,30 @@ def test_a_constant_rate_without_a_plateau_test_trains_the_whole_budget():
     assert run.config["final_lr"] == pytest.approx(1e-2)
 
 
+def _stopper(patience: int, lr: float):
+    """The recipe's stopper on a one-weight optimizer: (optimizer, stopper)."""
+    from memlaw.train import _Stopper
+
+    optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=lr)
+    config = TrainConfig(method="memft", lr=lr, anneal_patience=patience)
+    return optimizer, _Stopper(config, optimizer, 3.0)
+
+
+def _epoch_entry(epoch: int, loss: float, certified: int):
+    """One log entry standing for a whole epoch: its loss and certified items."""
+    from memlaw.train import StepLog
+
+    return StepLog(step=epoch, loss=loss, objective=loss, active_tokens=1, above_share=0.5,
+                   certified_items=certified, exact_items=0, skipped=False, grad_norm=None,
+                   seconds=0.0, epoch=epoch, tokens=1)  # fmt: skip
+
+
 def _stop_epoch(certified_per_epoch: list[int], patience: int = 2) -> int | None:
     """The epoch at which the recipe's stop ends a run whose plain loss is flat throughout."""
-    from memlaw.train import StepLog, _Stopper
-
-    weight = torch.nn.Parameter(torch.zeros(1))
-    optimizer = torch.optim.AdamW([weight], lr=1.0)
-    stopper = _Stopper(TrainConfig(method="memft", lr=1.0, anneal_patience=patience), optimizer, 3)
+    _, stopper = _stopper(patience, lr=1.0)
     log = []
     for epoch, certified in enumerate(certified_per_epoch, start=1):
-        log.append(
-            StepLog(step=epoch, loss=0.5, objective=0.5, active_tokens=1, above_share=0.5,
-                    certified_items=certified, exact_items=0, skipped=False, grad_norm=None,
-                    seconds=0.0, epoch=epoch, tokens=1)
-        )  # fmt: skip
+        log.append(_epoch_entry(epoch, 0.5, certified))
         if stopper.plateaued(log):
             return epoch
     return None
@@ -131,7 +141,6 @@ def test_the_shipped_laws_runs_decide_the_same_under_the_recipes_patience():
     rate and stop at every epoch: the law's runs are the runs memlaw train makes (by
     induction: the same decisions give the same next epoch)."""
     from memlaw.sweep import SweepStore
-    from memlaw.train import StepLog, _Stopper
 
     lengthened = 0
     for row in SweepStore(LAWS / "smollm2-135m-phonebook.db").rows(with_record=True):
@@ -139,15 +148,9 @@ def test_the_shipped_laws_runs_decide_the_same_under_the_recipes_patience():
         assert config["anneal_patience"] == ANNEAL_PATIENCE
         recipe = anneal_patience(config["items"], config["batch_size"])
         lengthened += recipe > ANNEAL_PATIENCE
-        deciders = []
-        for patience in (ANNEAL_PATIENCE, recipe):
-            optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=config["lr"])
-            settings = TrainConfig(method="sft", lr=config["lr"], anneal_patience=patience)
-            deciders.append((optimizer, _Stopper(settings, optimizer, 3.0), []))
+        deciders = [(*_stopper(p, lr=config["lr"]), []) for p in (ANNEAL_PATIENCE, recipe)]
         for epoch, (loss, certified) in enumerate(row["record"]["epochs"], start=1):
-            entry = StepLog(step=epoch, loss=loss, objective=loss, active_tokens=1,
-                            above_share=0.5, certified_items=certified, exact_items=0,
-                            skipped=False, grad_norm=None, seconds=0.0, epoch=epoch, tokens=1)  # fmt: skip
+            entry = _epoch_entry(epoch, loss, certified)
             decisions = []
             for optimizer, stopper, log in deciders:
                 log.append(entry)
