@@ -48,9 +48,11 @@ bench-capacity: install
 
 # The default law of smollm2-135m: PhoneBook on the MLP of layer 20, SFT, memlaw train's recipe,
 # every point trained to certified recall or plateau (hours on two cores; resumable: rerun to
-# continue, see laws/README.md).
+# continue, see laws/README.md). It was swept before the recipe's patience counted updates, so
+# it names its 10 epochs; its points (5+ updates per epoch) stop at the same epochs under the
+# recipe's per-set patience (tests/test_recipe.py replays them).
 PHONEBOOK_SETTINGS := --model smollm2-135m --data phonebook --modules mlp --seeds 0 --lr 0.01 \
-	--max-epochs 400 --plateau-window 20 --plateau-tolerance 0.01
+	--max-epochs 400 --plateau-window 20 --plateau-tolerance 0.01 --anneal-patience 10
 PHONEBOOK_GRID := $(PHONEBOOK_SETTINGS) --ranks 1,2,4,8 --lengths 250,500,1000,2000,4000 --workers 2
 phonebook-law: install
 	$(BIN)/memlaw sweep $(PHONEBOOK_GRID) --db laws/smollm2-135m-phonebook.db

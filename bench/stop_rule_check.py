@@ -115,10 +115,13 @@ def changed_rows(db: Path) -> list[dict]:
     from memlaw.train import certified_still_rising
 
     store = SweepStore(db)
-    patience = store.spec().anneal_patience
+    spec_patience = store.spec().anneal_patience
     changed = []
     for row in store.rows(with_record=True):
-        counts = [certified for _, certified in (row["record"] or {}).get("epochs", [])]
+        record = row["record"] or {}
+        # the patience the point ran (per set under the recipe's update count)
+        patience = record.get("config", {}).get("anneal_patience", spec_patience)
+        counts = [certified for _, certified in record.get("epochs", [])]
         if patience and row["stop_reason"] == "plateau" and counts:
             if certified_still_rising(counts, patience + 1):
                 changed.append(row)

@@ -1,5 +1,6 @@
 """The benchmark scripts run end to end (on `tiny`, a few steps), so `make bench` cannot rot."""
 
+import contextlib
 import json
 import subprocess
 import sys
@@ -529,6 +530,19 @@ def test_stop_rule_check_replays_drops_and_continues(tmp_path):
     connection.close()
     changed = check.changed_rows(db)
     assert [row["key"] for row in changed] == ["r1-l16-n1-memft-s0"]
+    # Each row is judged over the patience it ran: seed 1 under a longer one (the recipe's
+    # update count on a small set) had its best count within the wait.
+    longer = tmp_path / "longer.db"
+    connection = sqlite3.connect(longer)
+    with contextlib.closing(sqlite3.connect(db)) as source:
+        source.backup(connection)  # the rows still in the write-ahead log too
+    (text,) = connection.execute("SELECT record FROM points WHERE key LIKE '%s1'").fetchone()
+    record = json.loads(text)
+    record["config"]["anneal_patience"] = 3
+    connection.execute("UPDATE points SET record = ? WHERE key LIKE '%s1'", (json.dumps(record),))
+    connection.commit()
+    connection.close()
+    assert len(check.changed_rows(longer)) == 2
     out = tmp_path / "check.json"
     check.drop_rows(db, changed, out)
     assert SweepStore(db).finished_keys() == {"r1-l16-n1-memft-s1"}

@@ -522,11 +522,15 @@ def test_sweep_metadata_kind_and_recipe():
 def test_the_recipe_names_its_annealing():
     spec = SweepSpec(model="tiny", data="phonebook", max_epochs=400, anneal_patience=10)
     meta = sweep_metadata(spec, [row(1, 250)])
-    assert meta["anneal_patience"] == 10
+    assert (meta["anneal_patience"], meta["anneal_min_updates"]) == (10, 0)
     assert meta["recipe"].startswith(
         "AdamW lr 0.03 at batches of 16 items or more and at most 7 updates per epoch (else 0.01) "
-        "halved after 10 epochs"
+        "halved after 10 epochs without progress"
     )
+    recipe = SweepSpec(model="tiny", data="phonebook", anneal_patience=10, anneal_min_updates=60)
+    meta = sweep_metadata(recipe, [row(1, 250)])
+    assert meta["anneal_min_updates"] == 60
+    assert "halved after 10 epochs (at least 60 updates) without progress" in meta["recipe"]
     assert meta["lr"] is None  # the rule: plan's command leaves --lr to memlaw train
 
 

@@ -416,6 +416,22 @@ def test_train_command_realizes_the_plan_with_the_laws_recipe():
     assert (params["lr"], params["batch_size"], params["epochs"]) == (0.01, 4, 400)
 
 
+@pytest.mark.parametrize(
+    "schedule, flag",
+    [
+        ({"anneal_patience": 10, "anneal_min_updates": 60}, None),  # memlaw train's default
+        ({"anneal_patience": 10, "anneal_min_updates": 0}, 10),  # 10 epochs, as swept
+        ({"anneal_patience": 10}, 10),  # a law from before the update count: epochs only
+        ({"anneal_patience": None, "anneal_min_updates": 0}, 0),  # a constant rate
+    ],
+)
+def test_train_command_keeps_the_laws_annealing(schedule, flag):
+    law = make_law(model="smollm2-135m", **schedule)
+    result = plan(law, FACTS)
+    command = train_command(result, law, "PB1000.jsonl", 8)
+    assert parses_as_memlaw_train(command)["anneal_patience"] == flag
+
+
 def test_train_command_without_recipe_or_data():
     law = MemoryLaw.from_dict({"format": "memlaw.law/1", "form": "full", "params": SATURATING})
     result = plan(law, MemorySet(length=100))

@@ -403,3 +403,37 @@ def test_a_pinned_sweep_counts_only_the_cores_it_may_use(monkeypatch):
     assert LocalExecutor().workers == 1
     monkeypatch.delattr(os, "sched_getaffinity")  # no affinity mask (macOS): every core
     assert usable_cpus() == 2
+
+
+@pytest.mark.parametrize(
+    "args, settings, patience",
+    [
+        ([], (10, 60), 60),  # memlaw train's recipe: one sequence waits 60 epochs (updates)
+        (["--anneal-patience", "10"], (10, 0), 10),  # the given epochs, as the shipped law ran
+        (["--anneal-patience", "0"], (None, 0), None),  # a constant rate
+    ],
+)
+def test_memlaw_sweep_trains_with_memlaw_trains_patience(
+    tmp_path, capsys, monkeypatch, args, settings, patience
+):
+    from tests.test_cli import memlaw
+
+    db = tmp_path / "sweep.db"
+    grid = ["--model", "tiny", "--ranks", "1", "--lengths", "8", "--max-epochs", "2"]
+    code, _, err = memlaw(capsys, monkeypatch, "sweep", *grid, *args, "--db", db)
+    assert code == 0, err
+    store = SweepStore(db)
+    spec = store.spec()
+    assert (spec.anneal_patience, spec.anneal_min_updates) == settings
+    (row,) = store.rows(with_record=True)
+    assert row["record"]["config"]["anneal_patience"] == patience
+    store.close()
+
+
+def test_sweeps_stored_before_the_update_count_keep_their_fingerprint():
+    stored = tiny_spec(anneal_patience=10)  # epochs only: every sweep stored before
+    assert "anneal_min_updates" not in stored.shared_settings()
+    recipe = tiny_spec(anneal_patience=10, anneal_min_updates=60)
+    assert recipe.shared_settings() == stored.shared_settings() | {"anneal_min_updates": 60}
+    with pytest.raises(MemlawError, match="anneal_min_updates"):
+        tiny_spec(anneal_min_updates=-1)

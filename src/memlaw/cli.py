@@ -70,20 +70,27 @@ BatchSizeOption = typer.Option(
     "4 to 16 items).",
 )
 AnnealOption = typer.Option(
-    ANNEAL_PATIENCE,
-    "--anneal-patience",
-    help="Halve the rate after this many epochs without a 1% better loss (down to lr/8); a "
-    "plateau there (no better loss and no more items certified) ends the run (0: a constant "
-    "rate; a sweep then stops on --plateau-window).",
-)
-TrainAnnealOption = typer.Option(
     None,
     "--anneal-patience",
     help="Halve the rate after this many epochs without a 1% better loss (down to lr/8); a "
     "plateau there (no better loss and no more items certified) ends the run (default: the "
     f"recipe's, {ANNEAL_PATIENCE} epochs and at least {ANNEAL_MIN_UPDATES} updates, so one "
-    f"long document waits {ANNEAL_MIN_UPDATES} epochs; 0: a constant rate).",
+    f"long document waits {ANNEAL_MIN_UPDATES} epochs; 0: a constant rate, and a sweep stops "
+    "on --plateau-window).",
 )
+
+
+def anneal_settings(patience: int | None) -> tuple[int | None, int]:
+    """``--anneal-patience`` as (epochs, at least this many updates): the recipe's when not
+    given, exactly N epochs when given, (None, 0) for 0 (a constant rate).
+
+    >>> [anneal_settings(p) for p in (None, 3, 0)]
+    [(10, 60), (3, 0), (None, 0)]
+    """
+    check_integer(patience, "--anneal-patience", low=0, optional=True)
+    if patience is None:
+        return ANNEAL_PATIENCE, ANNEAL_MIN_UPDATES
+    return patience or None, 0
 
 
 def out_option(default: str, help: str) -> Any:
@@ -425,7 +432,7 @@ class TrainingOptions:
         None, "--epochs", help="Epoch budget (default: 400, ended early by recall or plateau)."
     )
     batch_size: int | None = option(BatchSizeOption)
-    anneal_patience: int | None = option(TrainAnnealOption)
+    anneal_patience: int | None = option(AnnealOption)
     lr_warmup_steps: int = option(
         0, "--warmup-steps", help="Raise the rate linearly from lr/N to lr over the first N steps."
     )
@@ -478,11 +485,12 @@ class TrainingOptions:
         check_number(self.position_decay, "--position-decay", low=0, optional=True)
         if self.fallback not in ("skip", "mean"):
             raise MemlawError(f"--fallback must be skip or mean, got '{self.fallback}'")
-        check_integer(self.anneal_patience, "--anneal-patience", low=0, optional=True)
-        patience = self.anneal_patience
-        if patience is None:
-            patience = ANNEAL_PATIENCE if items is None else anneal_patience(items, self.batch_size)
-        fields = dataclasses.asdict(self) | {"anneal_patience": patience or None}
+        patience, min_updates = anneal_settings(self.anneal_patience)
+        if patience and items is not None:
+            patience = anneal_patience(
+                items, self.batch_size, epochs=patience, min_updates=min_updates
+            )
+        fields = dataclasses.asdict(self) | {"anneal_patience": patience}
         config = TrainConfig(method=method, **fields)
         config.validate()
         return config
@@ -833,7 +841,7 @@ class PointOptions:
         "--stop-at-certified/--train-past-certified",
         help="End a point once every target token has p > 0.5.",
     )
-    anneal_patience: int = option(AnnealOption)
+    anneal_patience: int | None = option(AnnealOption)
     plateau_on: str = option(
         "information",
         "--plateau-on",
@@ -857,8 +865,11 @@ class PointOptions:
         check_integer(self.batch_size, "--batch-size", low=0, optional=True)
         check_integer(self.plateau_window, "--plateau-window")
         check_number(self.plateau_tolerance, "--plateau-tolerance", low=0)
-        check_integer(self.anneal_patience, "--anneal-patience", low=0)
-        return dataclasses.asdict(self) | {"anneal_patience": self.anneal_patience or None}
+        patience, min_updates = anneal_settings(self.anneal_patience)
+        return dataclasses.asdict(self) | {
+            "anneal_patience": patience,
+            "anneal_min_updates": min_updates,
+        }
 
 
 @dataclass(frozen=True)

@@ -717,10 +717,10 @@ def sweep_metadata(spec: Any, rows: list[Mapping[str, Any]]) -> dict[str, Any]:
         lr = batch_lr(spec.batch_size)
     rate = describe_lr(lr)
     if spec.anneal_patience:
-        rate += (
-            f" halved after {spec.anneal_patience} epochs without progress "
-            f"(to lr/{round(1 / ANNEAL_FLOOR)})"
-        )
+        wait = f"{spec.anneal_patience} epochs"
+        if spec.anneal_min_updates:
+            wait += f" (at least {spec.anneal_min_updates} updates)"
+        rate += f" halved after {wait} without progress (to lr/{round(1 / ANNEAL_FLOOR)})"
     return {
         "model": spec.model,
         "modules": spec.modules,
@@ -733,6 +733,7 @@ def sweep_metadata(spec: Any, rows: list[Mapping[str, Any]]) -> dict[str, Any]:
         "layer_counts": list(spec.layer_counts),
         "grid": {"ranks": list(spec.ranks), "lengths": list(spec.lengths)},
         "anneal_patience": spec.anneal_patience,
+        "anneal_min_updates": spec.anneal_min_updates,
         "recipe": f"{rate}, {batch}, {cap}, {stop}",
         "plateau": {
             "on": spec.plateau_on,

@@ -54,7 +54,7 @@ from memlaw.fit import (
 )
 from memlaw.information import HasCeiling
 from memlaw.law import MemoryLaw, saturating_delta  # noqa: F401 (the doctest's)
-from memlaw.recipe import ANNEAL_PATIENCE
+from memlaw.recipe import ANNEAL_MIN_UPDATES, ANNEAL_PATIENCE
 
 DEFAULT_RANKS = tuple(2**i for i in range(7))  # 1, 2, 4, …, 64
 # The method to train a rank that cannot hold the set: past capacity no MemFT variant
@@ -428,8 +428,13 @@ def train_command(
         parts.append(f"--batch-size {meta['batch_size']}")
     if meta.get("max_epochs"):
         parts.append(f"--epochs {meta['max_epochs']}")
-    if "anneal_patience" in meta and meta["anneal_patience"] != ANNEAL_PATIENCE:
-        parts.append(f"--anneal-patience {meta['anneal_patience'] or 0}")
+    # memlaw train's default is the recipe's schedule (ANNEAL_PATIENCE epochs and at least
+    # ANNEAL_MIN_UPDATES updates); a law swept otherwise (before the update count existed:
+    # epochs only) names its epochs, which memlaw train then takes exactly.
+    if "anneal_patience" in meta:
+        schedule = (meta["anneal_patience"], meta.get("anneal_min_updates", 0))
+        if schedule != (ANNEAL_PATIENCE, ANNEAL_MIN_UPDATES):
+            parts.append(f"--anneal-patience {meta['anneal_patience'] or 0}")
     return " ".join(parts)
 
 

@@ -93,20 +93,29 @@ def updates_per_epoch(n_items: int, batch_size: int) -> int:
     return math.ceil(n_items / batch_size)
 
 
-def anneal_patience(n_items: int, batch_size: int | None = None) -> int:
-    """The recipe's patience for ``n_items`` in batches of ``batch_size`` (default: the
-    recipe's): :data:`ANNEAL_PATIENCE` epochs, and at least :data:`ANNEAL_MIN_UPDATES` updates.
-    Sets of :data:`UPDATES_PER_EPOCH` updates per epoch or more (every set of 24 items or more
-    under the recipe's batch) get :data:`ANNEAL_PATIENCE`.
+def anneal_patience(
+    n_items: int,
+    batch_size: int | None = None,
+    *,
+    epochs: int = ANNEAL_PATIENCE,
+    min_updates: int = ANNEAL_MIN_UPDATES,
+) -> int:
+    """The patience, in epochs, for ``n_items`` in batches of ``batch_size`` (default: the
+    recipe's): ``epochs``, and at least ``min_updates`` updates. The recipe's,
+    :data:`ANNEAL_PATIENCE` epochs and :data:`ANNEAL_MIN_UPDATES` updates, gives sets of
+    :data:`UPDATES_PER_EPOCH` updates per epoch or more (every set of 24 items or more under
+    the recipe's batch) :data:`ANNEAL_PATIENCE`.
 
     >>> [anneal_patience(n) for n in (1, 4, 5, 20, 25, 100, 1000)]
     [60, 60, 30, 12, 12, 10, 10]
     >>> anneal_patience(100, batch_size=50)  # 2 updates per epoch
     30
+    >>> anneal_patience(1, epochs=10, min_updates=0)  # epochs only
+    10
     """
     batch = default_batch_size(n_items) if batch_size is None else batch_size
     updates = updates_per_epoch(n_items, batch)
-    return max(ANNEAL_PATIENCE, math.ceil(ANNEAL_MIN_UPDATES / updates))
+    return max(epochs, math.ceil(min_updates / updates))
 
 
 def default_batch_size(n_items: int) -> int:

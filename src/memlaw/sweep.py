@@ -48,6 +48,7 @@ LATER_SETTINGS = {
     "stop_at_certified": False,
     "plateau_on": "delta_loss",
     "anneal_patience": None,
+    "anneal_min_updates": 0,
 }
 
 
@@ -91,9 +92,11 @@ class SweepSpec:
     max_epochs: int | None = None
     stop_at_certified: bool = True
     plateau_on: str = "information"
-    # Anneal on plateau (memlaw train's recipe, memlaw.recipe.ANNEAL_PATIENCE); None: a
+    # Anneal on plateau after this many epochs without progress, and at least
+    # anneal_min_updates updates (memlaw train's recipe: 10 and 60, memlaw.recipe); None: a
     # constant rate and the windowed plateau test.
     anneal_patience: int | None = None
+    anneal_min_updates: int = 0
 
     def __post_init__(self) -> None:
         for name in ("ranks", "lengths", "layer_counts", "seeds", "methods"):
@@ -108,6 +111,10 @@ class SweepSpec:
             raise MemlawError("max_steps and plateau_window must be positive")
         if self.max_epochs is not None and self.max_epochs <= 0:
             raise MemlawError(f"max_epochs must be positive, got {self.max_epochs}")
+        if self.anneal_min_updates < 0:
+            raise MemlawError(
+                f"anneal_min_updates must be 0 or more, got {self.anneal_min_updates}"
+            )
         if self.batch_size is not None and self.batch_size < 0:
             raise MemlawError(
                 f"batch_size must be 0 (whole set) or positive, got {self.batch_size}"
@@ -157,6 +164,33 @@ class SweepSpec:
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
+
+    def batch_for(self, items: int) -> int:
+        """The batch a point of ``items`` items trains in (None: the recipe's for its size)."""
+        from memlaw.recipe import default_batch_size
+
+        return default_batch_size(items) if self.batch_size is None else self.batch_size
+
+    def patience_for(self, items: int) -> int | None:
+        """A point's annealing patience in epochs for a set of ``items`` items (None: a
+        constant rate): ``anneal_patience`` epochs and at least ``anneal_min_updates`` updates.
+
+        >>> recipe = SweepSpec(anneal_patience=10, anneal_min_updates=60)
+        >>> [recipe.patience_for(n) for n in (1, 25, 100)]  # memlaw train's, per set
+        [60, 12, 10]
+        >>> SweepSpec(anneal_patience=10).patience_for(1)  # epochs only
+        10
+        """
+        from memlaw.recipe import anneal_patience
+
+        if not self.anneal_patience:
+            return None
+        return anneal_patience(
+            items,
+            self.batch_for(items),
+            epochs=self.anneal_patience,
+            min_updates=self.anneal_min_updates,
+        )
 
 
 @dataclass(frozen=True)
@@ -229,7 +263,6 @@ def point_run(spec: SweepSpec, point: SweepPoint, model: Any, items: int, baseli
     point trains, so anything that reruns a point (a bench's audit) trains the same run, down to
     its checkpoint's fingerprint."""
     from memlaw.adapters import LoraSpec
-    from memlaw.recipe import default_batch_size
     from memlaw.train import TrainConfig
 
     layers = adapted_layers(point.layers, model.config.num_hidden_layers)
@@ -239,14 +272,14 @@ def point_run(spec: SweepSpec, point: SweepPoint, model: Any, items: int, baseli
         lr=spec.lr,
         steps=spec.max_steps,
         epochs=spec.max_epochs,
-        batch_size=default_batch_size(items) if spec.batch_size is None else spec.batch_size,
+        batch_size=spec.batch_for(items),
         seed=point.seed,
         stop_when_certified=spec.stop_at_certified,
         fast_path=spec.fast_path,
         plateau_window=spec.plateau_window,
         plateau_tolerance=spec.plateau_tolerance,
         information_baseline=baseline.nats_per_token if spec.plateau_on == "information" else None,
-        anneal_patience=spec.anneal_patience,
+        anneal_patience=spec.patience_for(items),
     )
     return config, lora
 
