@@ -430,6 +430,22 @@ def test_memlaw_sweep_trains_with_memlaw_trains_patience(
     store.close()
 
 
+def test_resuming_an_epochs_only_sweep_under_the_recipes_patience_says_how(
+    tmp_path, capsys, monkeypatch
+):
+    from tests.test_cli import memlaw
+    from tests.test_cli_law import one_line_error
+
+    db = tmp_path / "sweep.db"
+    grid = ["--model", "tiny", "--ranks", "1", "--lengths", "8", "--max-epochs", "2", "--db", db]
+    code, _, err = memlaw(capsys, monkeypatch, "sweep", *grid, "--anneal-patience", "10")
+    assert code == 0, err
+    err = one_line_error(capsys, monkeypatch, "sweep", *grid)
+    assert "anneal_min_updates: 0 vs 60" in err and "--anneal-patience N" in err
+    code, out, err = memlaw(capsys, monkeypatch, "sweep", *grid, "--anneal-patience", "10")
+    assert code == 0 and "0 points run, 1 already done" in " ".join(out.split()), err
+
+
 def test_sweeps_stored_before_the_update_count_keep_their_fingerprint():
     stored = tiny_spec(anneal_patience=10)  # epochs only: every sweep stored before
     assert "anneal_min_updates" not in stored.shared_settings()

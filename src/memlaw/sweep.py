@@ -482,9 +482,14 @@ class SweepStore:
         settings = json.dumps(spec.shared_settings(), sort_keys=True)
         empty = not self.finished_keys()
         if "settings" in stored and not _same_settings(stored["settings"], settings) and not empty:
+            hint = "use another --db or the same settings"
+            if spec.anneal_min_updates and not json.loads(stored["settings"]).get(
+                "anneal_min_updates"
+            ):  # stored before memlaw sweep's default patience counted updates
+                hint += " (for a sweep whose patience counted epochs only: --anneal-patience N)"
             raise MemlawError(
-                f"'{self.path}' holds a sweep with other settings ({_difference(stored['settings'], settings)}): "
-                "use another --db or the same settings"
+                f"'{self.path}' holds a sweep with other settings "
+                f"({_difference(stored['settings'], settings)}): {hint}"
             )
         # A store with no finished point may take corrected settings (a first point that failed).
         with self.connection:
