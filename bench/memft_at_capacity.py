@@ -339,6 +339,17 @@ def finished_keys(db: Path) -> set[str]:
         store.close()
 
 
+def checkpointed_epochs(db: Path, key: str) -> int:
+    """The epochs a point in flight has behind it: its checkpoint's last epoch
+    (``<db>.checkpoints/<key>/``, every ``memlaw.sweep.CHECKPOINT_EPOCHS`` epochs), else 0."""
+    state = db.with_name(f"{db.name}.checkpoints") / key / "state.json"
+    try:
+        log = json.loads(state.read_text())["log"]
+    except (OSError, ValueError, KeyError):
+        return 0
+    return int(log[-1]["epoch"]) if log else 0
+
+
 def likely_epochs(point, cap: int, capacity: bool | None) -> float:
     """A rough guess of a point's epochs, for the estimate: at capacity, most of the cap (the
     law sweep's ℓ 2000–4000 points ran 250–400 of 400 epochs); below it, ~100 epochs."""
@@ -370,7 +381,8 @@ def carried_epochs(args, point, first: dict[str, dict], part: str) -> int | None
 
 def estimate(args, jobs: list[dict]) -> dict:
     """Wall time of what is left: ~6 ms per answer token per epoch per worker, the points
-    spread over the workers; the audit's one run on its own."""
+    spread over the workers, a point in flight less the epochs its checkpoint holds; the
+    audit's one run on its own."""
     likely, at_most, points = {}, {}, 0
     planned: dict[Path, set[str]] = {}
     first = {
@@ -393,6 +405,8 @@ def estimate(args, jobs: list[dict]) -> dict:
             )
             if head_start is None:  # copied from the first budget: nothing to run
                 continue
+            # a point in flight continues from its checkpoint
+            head_start = max(head_start, checkpointed_epochs(job["db"], point.key))
             points += 1
             seconds = MS_PER_TOKEN_EPOCH / 1000 * point.length / args.workers
             epochs = max(likely_epochs(point, cap, job["capacity"]), head_start) - head_start

@@ -556,6 +556,19 @@ def test_stop_rule_check_replays_drops_and_continues(tmp_path):
     assert abs(first - kept["final_loss"]) < abs(first - kept["base_loss"]) / 10
 
 
+def test_memft_at_capacity_estimate_counts_a_point_in_flight_from_its_checkpoint(tmp_path):
+    from tests.test_checkpoint import Killed, run
+
+    bench = load_bench("memft_at_capacity")
+    db = tmp_path / "e400.db"
+    key = "r1-l2000-n1-sft-s0"
+    assert bench.checkpointed_epochs(db, key) == 0  # none yet
+    folder = tmp_path / "e400.db.checkpoints" / key
+    with pytest.raises(Killed):  # 3 steps per epoch, saved every 2 epochs: killed in epoch 6
+        run("sft", folder=folder, kill_at=16)
+    assert bench.checkpointed_epochs(db, key) == 4
+
+
 def test_memft_at_capacity_estimate_knows_memft_sw_restarts_only_its_curriculum():
     """The long budget's estimate: memft-sw's curriculum (PhoneBook) starts afresh, its window
     (Long-Context, one sequence) continues from the first budget's last state, as sft does."""
