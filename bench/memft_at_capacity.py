@@ -340,14 +340,11 @@ def finished_keys(db: Path) -> set[str]:
 
 
 def checkpointed_epochs(db: Path, key: str) -> int:
-    """The epochs a point in flight has behind it: its checkpoint's last epoch
+    """The epochs a point in flight has behind it: its checkpoint's
     (``<db>.checkpoints/<key>/``, every ``memlaw.sweep.CHECKPOINT_EPOCHS`` epochs), else 0."""
-    state = db.with_name(f"{db.name}.checkpoints") / key / "state.json"
-    try:
-        log = json.loads(state.read_text())["log"]
-    except (OSError, ValueError, KeyError):
-        return 0
-    return int(log[-1]["epoch"]) if log else 0
+    from memlaw.checkpoint import saved_epochs
+
+    return saved_epochs(db.with_name(f"{db.name}.checkpoints") / key)
 
 
 def likely_epochs(point, cap: int, capacity: bool | None) -> float:

@@ -109,6 +109,20 @@ def save_state(folder: str | Path, fingerprint: str, state: RunState) -> None:
     atomic_write_dir(folder, fill, overwrite=True)
 
 
+def saved_epochs(folder: str | Path) -> int:
+    """The epochs the checkpoint in ``folder`` holds (0 where there is none or it cannot be
+    read), from its step log alone: for progress and estimates, not for continuing.
+
+    >>> saved_epochs("no-such-folder")
+    0
+    """
+    try:
+        log = json.loads((Path(folder) / "state.json").read_text())["log"]
+        return int(log[-1]["epoch"]) if log else 0
+    except (OSError, ValueError, KeyError, TypeError, IndexError):
+        return 0
+
+
 def _copy(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.detach().to("cpu", copy=True).contiguous()
 
