@@ -343,8 +343,9 @@ def checkpointed_epochs(db: Path, key: str) -> int:
     """The epochs a point in flight has behind it: its checkpoint's
     (``<db>.checkpoints/<key>/``, every ``memlaw.sweep.CHECKPOINT_EPOCHS`` epochs), else 0."""
     from memlaw.checkpoint import saved_epochs
+    from memlaw.sweep import checkpoints_folder
 
-    return saved_epochs(db.with_name(f"{db.name}.checkpoints") / key)
+    return saved_epochs(checkpoints_folder(db) / key)
 
 
 def likely_epochs(point, cap: int, capacity: bool | None) -> float:

@@ -453,3 +453,25 @@ def test_sweeps_stored_before_the_update_count_keep_their_fingerprint():
     assert recipe.shared_settings() == stored.shared_settings() | {"anneal_min_updates": 60}
     with pytest.raises(MemlawError, match="anneal_min_updates"):
         tiny_spec(anneal_min_updates=-1)
+
+
+def test_memlaw_sweep_names_the_points_it_continues_from_a_checkpoint(
+    tmp_path, capsys, monkeypatch
+):
+    from memlaw.sweep import points_in_flight, run_point
+    from tests.test_cli import memlaw
+
+    spec = tiny_spec(ranks=(2,), lengths=(32,), max_epochs=25, plateau_window=1000,
+                     stop_at_certified=False, batch_size=0)  # fmt: skip
+    db = tmp_path / "s.db"
+    (point,) = spec.points()
+    run_point(spec, point, tmp_path / "s.db.checkpoints")  # as a killed sweep leaves it
+    assert points_in_flight(db, spec) == {point.key: 25}
+    flags = ["--model", "tiny", "--ranks", "2", "--lengths", "32", "--max-epochs", "25",
+             "--max-steps", "30", "--plateau-window", "1000", "--train-past-certified",
+             "--batch-size", "0", "--anneal-patience", "0", "--db", db]  # fmt: skip
+    code, out, err = memlaw(capsys, monkeypatch, "sweep", *flags)
+    assert code == 0, err
+    said = " ".join(out.split())
+    assert f"continued here: {point.key} (epoch 25)" in said and "1 points run" in said
+    assert points_in_flight(db, spec) == {}  # its folder went with its row

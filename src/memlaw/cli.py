@@ -972,7 +972,7 @@ def sweep_command(
     On GPUs of a Ray cluster: memlaw sweep --device cuda --dtype bfloat16 --executor ray --address auto
     """
     from memlaw.atomic import check_writable
-    from memlaw.sweep import SweepSpec
+    from memlaw.sweep import SweepSpec, points_in_flight
 
     training = points.spec_fields()
     runner.check()
@@ -995,6 +995,10 @@ def sweep_command(
     _quiet_transformers()
     if carry_from is not None:
         _carry_over(carry_from, db, spec)
+    in_flight = points_in_flight(db, spec)
+    if in_flight:  # said before the settings are checked: what a matching rerun picks up
+        where = ", ".join(f"{key} (epoch {epochs})" for key, epochs in in_flight.items())
+        console.print(f"checkpoints of points in flight, continued here: {where}", markup=False)
     store, summary = runner.run(db, spec)
     rows = store.rows()
     store.close()

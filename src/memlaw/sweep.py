@@ -440,15 +440,42 @@ LATER_COLUMNS = (
 BLOB_COLUMNS = ("adapter", "final_state")
 
 
+def checkpoints_folder(db: str | Path) -> Path:
+    """``<db>.checkpoints/``: where the points in flight of the sweep in ``db`` keep their
+    checkpoints (a point's folder goes once its row is in).
+
+    >>> checkpoints_folder("runs/law.db").as_posix()
+    'runs/law.db.checkpoints'
+    """
+    path = Path(db)
+    return path.with_name(f"{path.name}.checkpoints")
+
+
+def points_in_flight(db: str | Path, spec: SweepSpec) -> dict[str, int]:
+    """The points of ``spec`` that a rerun into ``db`` continues from a checkpoint, with the
+    epochs each checkpoint holds (:func:`memlaw.checkpoint.saved_epochs`).
+
+    >>> points_in_flight("no-such.db", SweepSpec(ranks=(1,), lengths=(8,)))
+    {}
+    """
+    from memlaw.checkpoint import saved_epochs
+
+    folder = checkpoints_folder(db)
+    return {
+        point.key: saved_epochs(folder / point.key)
+        for point in spec.points()
+        if (folder / point.key / "state.json").is_file()
+    }
+
+
 class SweepStore:
     """One SQLite file: a ``meta`` table with the sweep's shared settings, a ``points`` table
     with one row per finished point."""
 
     @property
     def checkpoints(self) -> Path:
-        """``<db>.checkpoints/``: where the points in flight keep their checkpoints (a point's
-        folder goes once its row is in)."""
-        return self.path.with_name(f"{self.path.name}.checkpoints")
+        """Where the points in flight keep their checkpoints (:func:`checkpoints_folder`)."""
+        return checkpoints_folder(self.path)
 
     def __init__(self, path: str | Path, spec: SweepSpec | None = None):
         """With ``spec``: open (or create) the store to run that sweep into. Without: open an
