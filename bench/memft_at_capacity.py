@@ -382,6 +382,7 @@ def estimate(args, jobs: list[dict]) -> dict:
     spread over the workers, a point in flight less the epochs its checkpoint holds; the
     audit's one run on its own."""
     likely, at_most, points = {}, {}, 0
+    in_flight: dict[str, int] = {}
     planned: dict[Path, set[str]] = {}
     first = {
         part: {r["key"]: r for r in load_rows(db_path(args, part, args.epochs))}
@@ -404,7 +405,10 @@ def estimate(args, jobs: list[dict]) -> dict:
             if head_start is None:  # copied from the first budget: nothing to run
                 continue
             # a point in flight continues from its checkpoint
-            head_start = max(head_start, checkpointed_epochs(job["db"], point.key))
+            saved = checkpointed_epochs(job["db"], point.key)
+            if saved:
+                in_flight[f"{job['db'].stem}/{point.key}"] = saved
+            head_start = max(head_start, saved)
             points += 1
             seconds = MS_PER_TOKEN_EPOCH / 1000 * point.length / args.workers
             epochs = max(likely_epochs(point, cap, job["capacity"]), head_start) - head_start
@@ -417,6 +421,7 @@ def estimate(args, jobs: list[dict]) -> dict:
         at_most["audit (one SFT run)"] = seconds * args.epochs
     return {
         "points_to_run": points,
+        "in_flight_epochs": in_flight,
         "ms_per_token_epoch_per_worker": MS_PER_TOKEN_EPOCH,
         "workers": args.workers,
         "likely_hours": {k: round(v / 3600, 2) for k, v in likely.items()},
@@ -441,6 +446,8 @@ def print_estimate(est: dict) -> None:
     )
     for label, hours in est["likely_hours"].items():
         print(f"  {label}: ~{hours:g} h (at most {est['at_most_hours'][label]:g} h)", flush=True)
+    for point, epochs in est.get("in_flight_epochs", {}).items():
+        print(f"  in flight: {point} at epoch {epochs}", flush=True)
 
 
 # --- running --------------------------------------------------------------------------------
