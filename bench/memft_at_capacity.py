@@ -27,8 +27,8 @@ for every method. The parts, each resumable:
   sequence) against SFT on ``../shared/benchmarks/long_context/r100.jsonl`` truncated to
   ``--long-context-length`` tokens, rank 1, at both caps (one sequence is one update per epoch:
   400 updates at the first cap, where PhoneBook gets about 2,400), with the rate halved after
-  ``--long-context-patience`` (60) epochs without progress: the updates a PhoneBook run waits,
-  and memlaw train's default on one sequence (``memlaw.recipe.anneal_patience``).
+  60 epochs without progress (``--long-context-patience``; default memlaw train's recipe for
+  one sequence, ``memlaw.recipe.anneal_patience``: the updates a PhoneBook run waits).
 - **Parameter efficiency** (``--efficiency`` lengths × ``--efficiency-ranks``): per method the
   smallest rank that certifies the set on every seed; these runs share the at-capacity
   database (same settings), so a regime that is also an efficiency cell runs once.
@@ -84,13 +84,12 @@ from pathlib import Path
 RESULTS = Path(__file__).parent / "results"
 BENCHMARKS = Path(__file__).resolve().parents[2] / "shared" / "benchmarks"
 LONG_CONTEXT_FILE = BENCHMARKS / "long_context" / "r100.jsonl"
-# One sequence is one update per epoch, so the recipe's patience of 10 epochs would be 10 updates:
-# under it MemFT-SW's window, whose loss falls about 0.1% per update, was stopped as plateaued at
-# updates 91–226 with 14–39% of its tokens above p = 0.5 (its rows, kept in
-# memft_at_capacity-longcontext-e400-patience10.db). Long-Context gets the updates a PhoneBook
-# run waits: 10 epochs of about 6 updates, which memlaw train's recipe now also gives one
-# sequence (memlaw.recipe.anneal_patience).
-LONG_CONTEXT_PATIENCE = 60
+# One sequence is one update per epoch, so a patience of 10 epochs would be 10 updates: under it
+# MemFT-SW's window, whose loss falls about 0.1% per update, was stopped as plateaued at updates
+# 91–226 with 14–39% of its tokens above p = 0.5 (its rows, kept in
+# memft_at_capacity-longcontext-e400-patience10.db, --long-context-patience 10). Long-Context
+# gets memlaw train's recipe for one sequence (memlaw.recipe.anneal_patience: 60 epochs, the
+# updates a PhoneBook run waits), named in epochs as its stored databases ran it.
 NAME = "memft_at_capacity"
 
 # Where SFT stops short: rank 1 at l 2000 ended its 400 epochs with 36% of items certified
@@ -170,8 +169,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--long-context-patience",
         type=int,
-        default=LONG_CONTEXT_PATIENCE,
-        help="epochs without a 1%% better loss before the rate is halved, on the one sequence",
+        help="epochs without a 1%% better loss before the rate is halved, on the one sequence "
+        "(default: memlaw train's recipe for one sequence, 60)",
     )
     parser.add_argument(
         "--audit",
@@ -306,7 +305,11 @@ def plan(args) -> list[dict]:
         "lengths": (args.long_context_length,),
         "methods": args.long_context_methods,
         "data": long_context_data(args),
-        "patience": args.long_context_patience,
+        "patience": (
+            one_sequence_patience()
+            if args.long_context_patience is None
+            else args.long_context_patience
+        ),
     }
     if args.long_context:
         label = f"Long-Context {args.long_context_file.name}, ℓ {args.long_context_length}"
@@ -337,6 +340,13 @@ def finished_keys(db: Path) -> set[str]:
         return store.finished_keys()
     finally:
         store.close()
+
+
+def one_sequence_patience() -> int:
+    """memlaw train's patience for one sequence (one update per epoch), in epochs."""
+    from memlaw.recipe import anneal_patience
+
+    return anneal_patience(1)
 
 
 def checkpointed_epochs(db: Path, key: str) -> int:
