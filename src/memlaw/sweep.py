@@ -185,9 +185,9 @@ class SweepSpec:
 
         if not self.anneal_patience:
             return None
-        return anneal_patience(
+        return anneal_patience(  # resolves a None batch to the recipe's, as batch_for does
             items,
-            self.batch_for(items),
+            self.batch_size,
             epochs=self.anneal_patience,
             min_updates=self.anneal_min_updates,
         )
