@@ -905,6 +905,14 @@ def regime_summary(
         recommended = {"method": "sft", "why": f"no MemFT variant beats SFT on {name}"}
     else:
         recommended = {"method": None, "why": f"pending: fewer than {MIN_SEEDS} seeds"}
+    # a method ahead of SFT on another metric is a trade-off the reader must see, not a
+    # recommendation: e.g. more items exactly right under greedy decoding, fewer certified
+    ahead_elsewhere = [
+        {"method": method, "metric": metric, "verdict": v["verdict"]}
+        for method, by_metric in verdicts.items()
+        for metric, v in by_metric.items()
+        if metric != primary and v["beats_sft"]
+    ]
     return {
         "label": label,
         "regime": f"{rank}:{length}",
@@ -916,6 +924,7 @@ def regime_summary(
         "verdicts": verdicts,
         "primary": primary,
         "recommended": recommended,
+        "ahead_of_sft_elsewhere": ahead_elsewhere,
     }
 
 
@@ -1183,6 +1192,12 @@ def regime_table(regime: dict) -> str:
         )
     rec = regime["recommended"]
     lines.append(f"\nrecommended: {rec['method'] or '–'} ({rec['why']})")
+    ahead = [
+        f"{a['method']} on {METRIC_NAMES[a['metric']]} ({a['verdict']})"
+        for a in regime.get("ahead_of_sft_elsewhere", [])
+    ]
+    if ahead:
+        lines.append(f"ahead of SFT on another metric: {'; '.join(ahead)}")
     return "\n".join(lines)
 
 

@@ -347,6 +347,29 @@ def test_memft_at_capacity_verdict_rule_and_smallest_rank():
     table = bench.regime_table(summary)
     assert "| memft-sw | 3 |" in table and "vs SFT (certified prefix) |" in table
     assert "| 93 (48–145) | better (intervals separated) |" in table
+    assert "ahead of SFT on another metric" not in table  # only the primary metric is ahead
+
+    # Ahead on exact match but not on the primary metric: listed as a trade-off, and SFT
+    # stays recommended.
+    trade_off = [
+        row | {"exact_match": exact}
+        for row, exact in zip(
+            rows(0.4, 0.3, 0.2, method="sft") + rows(0.2, 0.1, 0.1, method="memft-sw"),
+            (0.70, 0.60, 0.55, 0.78, 0.65, 0.60),
+            strict=True,
+        )
+    ]
+    summary = bench.regime_summary(
+        trade_off, rank=1, length=100, methods=("sft", "memft-sw"), seeds={0, 1, 2},
+        epochs=700, db="x.db", label="test",
+    )  # fmt: skip
+    assert summary["recommended"]["method"] == "sft"
+    assert summary["ahead_of_sft_elsewhere"] == [
+        {"method": "memft-sw", "metric": "exact_match", "verdict": "better (all 3 seeds)"}
+    ]
+    assert "ahead of SFT on another metric: memft-sw on exact match (better (all 3 seeds))" in (
+        bench.regime_table(summary)
+    )
 
     # The search runs a rank only for the methods not yet certified on every seed below it.
     from pathlib import Path as _Path
