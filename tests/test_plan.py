@@ -179,7 +179,7 @@ def test_a_rank_past_capacity_is_told_the_method_that_holds_most():
     assert "rank 2 cannot certify" in note and "--method sft" in note
     assert "to hold it all, train rank 4" in note
     # the trade-off the capacity benchmark measured: more items exact, none more certified
-    assert "reproduced exactly by greedy decoding instead" in note
+    assert "reproduced exactly by greedy decoding instead of the p > 0.5 certificate" in note
     assert "--method memft-sw --epochs 700 (" in note and "84% of items exact" in note
     assert past.to_dict()["method"] == "sft"
     # without recall data nothing tells whether the rank holds the set: no method is named

@@ -367,7 +367,7 @@ def _method_for(law, holds, certifying_rank: int | None, notes: list[str]) -> st
         f"rank {holds['rank']} cannot certify this set, it is past that rank's capacity: "
         f"train it with --method {AT_CAPACITY_METHOD}, as no MemFT variant "
         f"certified more there on every seed ({AT_CAPACITY_EVIDENCE}); for the most items "
-        f"reproduced exactly by greedy decoding instead, without the p > 0.5 margin, "
+        f"reproduced exactly by greedy decoding instead of the p > 0.5 certificate, "
         f"{AT_CAPACITY_EXACT} ({AT_CAPACITY_EXACT_EVIDENCE}){whole}"
     )
     return AT_CAPACITY_METHOD
