@@ -389,8 +389,9 @@ def carried_epochs(args, point, first: dict[str, dict], part: str) -> int | None
 
 def estimate(args, jobs: list[dict]) -> dict:
     """Wall time of what is left: ~6 ms per answer token per epoch per worker, the points
-    spread over the workers, a point in flight less the epochs its checkpoint holds; the
-    audit's one run on its own."""
+    spread over the workers, a point in flight less the epochs its checkpoint holds, an
+    efficiency cell without the methods already certified at a smaller rank; the audit's one
+    run on its own."""
     likely, at_most, points = {}, {}, 0
     in_flight: dict[str, int] = {}
     planned: dict[Path, set[str]] = {}
@@ -403,8 +404,10 @@ def estimate(args, jobs: list[dict]) -> dict:
         for source in same_settings_sources(job["spec"], args.reuse, job["db"]):
             done |= finished_keys(source)  # copied, not run
         cap = job["spec"].max_epochs
+        # an efficiency cell runs only the methods its search has not decided (search_methods)
+        methods = search_methods(args, job) if job["phase"] == "efficiency" else None
         for point in job["spec"].points():
-            if point.key in done:
+            if point.key in done or (methods is not None and point.method not in methods):
                 continue
             done.add(point.key)  # a cell shared by two jobs runs once
             head_start = (

@@ -609,3 +609,35 @@ def test_memft_at_capacity_estimate_knows_memft_sw_restarts_only_its_curriculum(
         for method, carried in [("sft", 400), ("memft-sw", sw)]:
             point = SweepPoint(rank=1, length=512, layers=1, method=method, seed=0)
             assert bench.carried_epochs(args, point, rows, part) == carried, (part, method)
+
+
+def test_memft_at_capacity_estimate_leaves_out_methods_the_search_decided(tmp_path, monkeypatch):
+    """A method certified on every seed at a smaller rank runs no more efficiency points, so the
+    estimate does not count them (it once counted a whole decided length)."""
+    bench = load_bench("memft_at_capacity")
+    argv = [
+        *("--regime", "1:100", "--methods", "sft,memft", "--seeds", "0,1"),
+        *("--long-epochs", "0", "--efficiency", "100", "--efficiency-ranks", "1,2"),
+        *("--no-long-context", "--no-audit", "--workers", "1", "--out-dir", str(tmp_path)),
+    ]
+    args = bench.parse_args(argv)
+    jobs = bench.plan(args)
+    (db,) = {job["db"] for job in jobs}
+    db.touch()  # the rows come from load_rows
+    label = "parameter efficiency, ℓ 100, rank 2"
+
+    def rank_two_hours(rank_one_shares: dict[str, float]) -> float:
+        rows = [
+            {"key": f"r1-l100-n1-{method}-s{seed}", "rank": 1, "length": 100}
+            | {"method": method, "seed": seed, "certified_share": share}
+            for method, share in rank_one_shares.items()
+            for seed in (0, 1)
+        ]
+        monkeypatch.setattr(bench, "load_rows", lambda path: rows)
+        monkeypatch.setattr(bench, "finished_keys", lambda path: set())
+        return bench.estimate(args, jobs)["at_most_hours"].get(label, 0.0)
+
+    both = rank_two_hours({"sft": 0.9, "memft": 0.9})
+    assert both > 0
+    assert rank_two_hours({"sft": 1.0, "memft": 0.9}) == pytest.approx(both / 2, abs=0.01)
+    assert rank_two_hours({"sft": 1.0, "memft": 1.0}) == 0.0
