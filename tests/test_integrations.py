@@ -249,8 +249,8 @@ def test_curriculum_matches_memlaw_loop(tmp_path):
     # the Trainer's batch holds every item (those outside the prefix masked out), memlaw's only
     # the prefix: other shapes, so float rounding differs in the last digits, and Adam turns
     # that rounding into up to 2e-5 on a weight with a near-zero gradient after 10 steps (AMD
-    # EPYC; 1e-5 on an Intel Xeon). The bound is 1/200 of one step (lr): a wrong prefix or
-    # order moves a weight by whole steps.
+    # EPYC; within the old 1e-5 on an Intel Xeon). The bound is 1/200 of one step (lr): a wrong
+    # prefix or order moves a weight by whole steps.
     assert_same_weights(trainer.model, run.model, atol=LR / 200)
 
 
