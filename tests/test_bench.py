@@ -641,3 +641,30 @@ def test_memft_at_capacity_estimate_leaves_out_methods_the_search_decided(tmp_pa
     assert both > 0
     assert rank_two_hours({"sft": 1.0, "memft": 0.9}) == pytest.approx(both / 2, abs=0.01)
     assert rank_two_hours({"sft": 1.0, "memft": 1.0}) == 0.0
+
+
+def test_memft_at_capacity_worker_seconds_count_each_run_once():
+    """The longer cap's rows hold the shorter cap's runs too: copied ones whole, continued ones
+    in their clock (it once counted 73.4 h where the runs took about 53)."""
+    bench = load_bench("memft_at_capacity")
+    ran = {"config": {"method": "memft-sw-curriculum"}}  # the objective memft-sw ran on items
+    short = [
+        {"key": "copied", "method": "sft", "wall_seconds": 300.0},
+        {"key": "continued", "method": "sft", "wall_seconds": 400.0},
+        {"key": "afresh", "method": "memft", "wall_seconds": 900.0},
+        {"key": "curriculum", "method": "memft-sw", "wall_seconds": 500.0, "record": ran},
+    ]
+    long = [
+        {
+            "key": "copied",
+            "method": "sft",
+            "wall_seconds": 300.0,
+            "record": {"carried_from": {"max_epochs": 400}},
+        },
+        {"key": "continued", "method": "sft", "wall_seconds": 650.0},  # 250 s past 400 epochs
+        {"key": "afresh", "method": "memft", "wall_seconds": 800.0},  # no state kept: from 0
+        # a curriculum lays itself over the cap, so under a longer one it starts afresh
+        {"key": "curriculum", "method": "memft-sw", "wall_seconds": 850.0, "record": ran},
+    ]
+    assert bench.worker_seconds([short]) == 2100.0
+    assert bench.worker_seconds([short, long]) == 2100.0 + 250.0 + 800.0 + 850.0
