@@ -645,7 +645,7 @@ def test_memft_at_capacity_estimate_leaves_out_methods_the_search_decided(tmp_pa
 
 def test_memft_at_capacity_worker_seconds_count_each_run_once():
     """The longer cap's rows hold the shorter cap's runs too: copied ones whole, continued ones
-    in their clock (it once counted 73.4 h where the runs took about 53)."""
+    in their clock (the report once printed 73.4 h where the runs took 54.5 h)."""
     bench = load_bench("memft_at_capacity")
     ran = {"config": {"method": "memft-sw-curriculum"}}  # the objective memft-sw ran on items
     short = [
