@@ -793,16 +793,17 @@ def worker_seconds(by_cap: list[list[dict]]) -> float:
     """
     from memlaw.sweep import point_seconds, ran_curriculum
 
-    total, before = 0.0, {}
+    total, shorter_clock = 0.0, {}
     for rows in by_cap:
+        clock = {row["key"]: point_seconds(row) for row in rows}
         for row in rows:
             if "carried_from" in (row.get("record") or {}):
                 continue
-            seconds, shorter = point_seconds(row), before.get(row["key"])
+            seconds, shorter = clock[row["key"]], shorter_clock.get(row["key"])
             if shorter is not None and not ran_curriculum(row) and seconds >= shorter:
                 seconds -= shorter
             total += seconds
-        before = {row["key"]: point_seconds(row) for row in rows}
+        shorter_clock = clock
     return total
 
 
